@@ -1,0 +1,29 @@
+# `make demo` runs the whole keyword-spotting story on embedded defaults; `make test` runs the test suite.
+# Both create .venv and install what they need on first use.
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install demo test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	dvc repro
+	dvc push --quiet
+	earshot summary
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	ruff check .
+
+clean:
+	rm -rf data/synth data/features models reports mlflow.db mlruns .dvc-remote

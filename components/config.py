@@ -1,0 +1,164 @@
+"""The typed model of params.yaml: every stage reads its settings from one `Params` object.
+
+Unknown keys, wrong types and out-of-range values are refused with one line that names the file and the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from components.errors import EarshotError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Percentage = Annotated[float, Field(ge=0.0, le=100.0)]
+Range = tuple[float, float]
+
+
+class ConfigError(EarshotError):
+    """A params file that cannot be used, with a message fit for one line."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Tracking(Strict):
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "earshot-kws"
+    registered_model: str = "earshot-kws"
+
+
+NoiseKind = Literal["none", "white", "pink", "brown", "babble", "car"]
+
+
+class DomainRecipe(Strict):
+    """How one acoustic domain sounds: who speaks, over which noise, at which SNR, in which room."""
+
+    voices: list[str] = Field(min_length=1)
+    noise: NoiseKind = "none"
+    snr_db: Range = (30.0, 40.0)
+    rt60_s: Range | None = None
+
+
+class Synthesis(Strict):
+    out_dir: Path = Path("data/synth")
+    speakers_per_domain: PositiveInt = 48
+    takes_per_word: PositiveInt = 2
+    background_seconds: PositiveInt = 60
+    unknown_words: list[str] = Field(default_factory=list)
+    validation_percentage: Percentage = 10.0
+    testing_percentage: Percentage = 10.0
+    domains: dict[str, DomainRecipe] = Field(min_length=1)
+
+
+class Dataset(Strict):
+    domains: dict[str, Path] = Field(min_length=1)
+    words: list[str] = Field(min_length=1)
+    sample_rate: PositiveInt = 16000
+    clip_seconds: Annotated[float, Field(gt=0.0)] = 1.0
+    silence_percentage: Percentage = 10.0
+    unknown_percentage: Percentage = 10.0
+
+    @property
+    def labels(self) -> list[str]:
+        """The class list of the Speech Commands 12-class protocol: core words, then silence and unknown."""
+        return [*self.words, "_silence_", "_unknown_"]
+
+    @property
+    def clip_samples(self) -> int:
+        return round(self.sample_rate * self.clip_seconds)
+
+
+class Features(Strict):
+    n_mels: PositiveInt = 40
+    win_ms: Annotated[float, Field(gt=0.0)] = 30.0
+    hop_ms: Annotated[float, Field(gt=0.0)] = 20.0
+    f_min: Annotated[float, Field(ge=0.0)] = 20.0
+    f_max: Annotated[float, Field(gt=0.0)] = 7600.0
+
+
+class Augment(Strict):
+    noise_probability: Annotated[float, Field(ge=0.0, le=1.0)] = 0.8
+    snr_db: Range = (5.0, 25.0)
+    time_shift_ms: Annotated[float, Field(ge=0.0)] = 100.0
+    freq_mask: Annotated[int, Field(ge=0)] = 6
+    time_mask: Annotated[int, Field(ge=0)] = 8
+    masks: Annotated[int, Field(ge=0)] = 2
+
+
+class Model(Strict):
+    channels: PositiveInt = 64
+    blocks: PositiveInt = 4
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+
+
+class Train(Strict):
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 128
+    learning_rate: Annotated[float, Field(gt=0.0)] = 3e-3
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.01
+    patience: PositiveInt = 5
+    threads: PositiveInt = 2
+
+
+class Export(Strict):
+    calibration_clips: PositiveInt = 256
+    min_parity: Annotated[float, Field(ge=0.0, le=1.0)] = 0.99
+    latency_runs: PositiveInt = 200
+
+
+class Paths(Strict):
+    """Where stages put their outputs; dvc.yaml reads the same keys, so there is one list of paths."""
+
+    features: Path = Path("data/features/kws.pt")
+    model_dir: Path = Path("models/kws")
+    reports: Path = Path("reports")
+
+
+class Params(Strict):
+    seed: int = 0
+    paths: Paths = Paths()
+    tracking: Tracking = Tracking()
+    synthesis: Synthesis
+    dataset: Dataset
+    features: Features = Features()
+    augment: Augment = Augment()
+    model: Model = Model()
+    train: Train = Train()
+    export: Export = Export()
+
+    @model_validator(mode="after")
+    def _ranges_are_ordered(self) -> Params:
+        ranges = {f"synthesis.domains.{n}.snr_db": r.snr_db for n, r in self.synthesis.domains.items()}
+        ranges |= {f"synthesis.domains.{n}.rt60_s": r.rt60_s for n, r in self.synthesis.domains.items()}
+        ranges["augment.snr_db"] = self.augment.snr_db
+        for key, span in ranges.items():
+            if span is not None and span[0] > span[1]:
+                raise ValueError(f"{key}: low end {span[0]} is above high end {span[1]}")
+        return self
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and check a params file; raise ConfigError with a one-line reason if it is unusable."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        # YAML 1.1 reads unquoted yes/no/on/off as booleans, a trap for keyword lists.
+        hint = " (quote it: YAML reads yes/no/on/off as booleans)" if isinstance(first["input"], bool) else ""
+        raise ConfigError(f"{path}: {where}: {first['msg']}{hint}{more}") from None

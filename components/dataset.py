@@ -1,0 +1,236 @@
+"""Speech Commands v2 loader: the same code reads a synthesized domain tree or a real extracted dataset.
+
+It yields the 12-class protocol (10 words + `_silence_` cut from `_background_noise_` + sampled `_unknown_`)
+as int16 waveform tensors, tagged with split and acoustic domain, plus a content hash that names the data version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import zlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+from rich.progress import Progress
+
+from components.config import Dataset
+from components.errors import EarshotError
+
+SPLITS = ("training", "validation", "testing")
+SILENCE, UNKNOWN = "_silence_", "_unknown_"
+BACKGROUND_DIR = "_background_noise_"
+MAX_NUM_WAVS_PER_CLASS = 2**27 - 1  # the constant Speech Commands' split hash is defined with
+FULL_SCALE = 32767.0
+
+
+class AudioError(EarshotError):
+    """An input file that cannot be used as audio; the message names the file."""
+
+
+def which_set(filename: str, validation_percentage: float, testing_percentage: float) -> str:
+    """Speech Commands' split rule: hash the speaker part of the name, so one speaker stays in one split."""
+    speaker = re.sub(r"_nohash_.*$", "", Path(filename).name)
+    digest = int(hashlib.sha1(speaker.encode()).hexdigest(), 16)
+    percentage = (digest % (MAX_NUM_WAVS_PER_CLASS + 1)) * (100.0 / MAX_NUM_WAVS_PER_CLASS)
+    if percentage < validation_percentage:
+        return "validation"
+    if percentage < validation_percentage + testing_percentage:
+        return "testing"
+    return "training"
+
+
+@dataclass(frozen=True)
+class ClipRef:
+    """One labelled recording in a Speech Commands tree."""
+
+    path: Path
+    word: str
+    speaker: str
+    split: str
+
+
+def index_speech_commands(root: Path) -> tuple[list[ClipRef], list[Path]]:
+    """List the word clips (with their split from the tree's list files) and the background-noise files."""
+    root = Path(root)
+    if not root.is_dir():
+        raise AudioError(f"{root}: dataset folder not found")
+    listed: dict[str, str] = {}
+    for split, name in (("validation", "validation_list.txt"), ("testing", "testing_list.txt")):
+        lists = root / name
+        if not lists.is_file():
+            raise AudioError(f"{lists}: split list missing (a Speech Commands v2 tree has one)")
+        listed |= {line.strip(): split for line in lists.read_text().splitlines() if line.strip()}
+    clips = []
+    for path in sorted(root.glob("*/*.wav")):
+        word = path.parent.name
+        if not word.startswith("_"):
+            split = listed.get(f"{word}/{path.name}", "training")
+            clips.append(ClipRef(path, word, path.name.split("_nohash_")[0], split))
+    return clips, sorted((root / BACKGROUND_DIR).glob("*.wav"))
+
+
+def read_audio(path: Path, sample_rate: int) -> tuple[np.ndarray, str]:
+    """Decode a file to float32 mono at `sample_rate`, with the sha256 of its bytes; AudioError if unusable."""
+    try:
+        raw = Path(path).read_bytes()
+        audio, rate = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
+    except (OSError, RuntimeError, sf.LibsndfileError) as err:
+        reason = str(err).split(":")[-1].strip() or type(err).__name__
+        raise AudioError(f"{path}: not readable audio ({reason})") from None
+    if audio.size == 0:
+        raise AudioError(f"{path}: no samples")
+    if not np.isfinite(audio).all():
+        raise AudioError(f"{path}: contains NaN or infinite samples")
+    mono = audio.mean(axis=1)
+    if rate != sample_rate:
+        mono = torchaudio.functional.resample(torch.from_numpy(mono), rate, sample_rate).numpy()
+    return mono, hashlib.sha256(raw).hexdigest()
+
+
+def fit_length(wave: np.ndarray, samples: int) -> np.ndarray:
+    """Centre-pad with zeros or centre-crop to exactly `samples`, as short Speech Commands clips need."""
+    if len(wave) >= samples:
+        start = (len(wave) - samples) // 2
+        return wave[start : start + samples]
+    left = (samples - len(wave)) // 2
+    return np.pad(wave, (left, samples - len(wave) - left))
+
+
+def to_int16(wave: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(wave * FULL_SCALE), -32768, 32767).astype(np.int16)
+
+
+@dataclass
+class KwsData:
+    """A loaded dataset: one row per clip, plus the training part of the background noise for augmentation."""
+
+    waves: torch.Tensor  # int16 (clips, samples)
+    labels: torch.Tensor  # int64 index into label_names
+    domains: torch.Tensor  # int64 index into domain_names
+    splits: torch.Tensor  # int64 index into SPLITS
+    noise: torch.Tensor  # int16 (samples,), training portions of every domain's background files
+    label_names: list[str]
+    domain_names: list[str]
+    sources: list[str]  # file each clip came from ("<file>@<offset>" for silence cut from background)
+    version: str
+    mels: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+
+    def split(self, name: str) -> KwsData:
+        """The rows of one split; noise and names are shared."""
+        keep = self.splits == SPLITS.index(name)
+        rows = keep.nonzero().flatten().tolist()
+        return replace(
+            self,
+            waves=self.waves[keep],
+            labels=self.labels[keep],
+            domains=self.domains[keep],
+            splits=self.splits[keep],
+            sources=[self.sources[i] for i in rows],
+            mels=self.mels[keep] if len(self.mels) else self.mels,
+        )
+
+    def float_waves(self) -> torch.Tensor:
+        return self.waves.float() / FULL_SCALE
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.__dict__, path)
+
+    @classmethod
+    def load(cls, path: Path) -> KwsData:
+        if not Path(path).is_file():
+            raise EarshotError(f"{path}: features not found; run the featurize stage first")
+        return cls(**torch.load(path, weights_only=False))
+
+
+def _domain_rng(seed: int, domain: str, purpose: str) -> np.random.Generator:
+    # crc32, not hash(): Python salts str hashes per process, which would break determinism.
+    return np.random.default_rng([seed, zlib.crc32(domain.encode()), zlib.crc32(purpose.encode())])
+
+
+def _split_bounds(n: int, cfg_val: float, cfg_test: float) -> dict[str, tuple[int, int]]:
+    """Disjoint time ranges of one background file per split, so silence clips never leak across splits."""
+    train_end = round(n * (1 - (cfg_val + cfg_test) / 100))
+    val_end = train_end + round(n * cfg_val / 100)
+    return {"training": (0, train_end), "validation": (train_end, val_end), "testing": (val_end, n)}
+
+
+def build_dataset(
+    cfg: Dataset,
+    seed: int,
+    validation_percentage: float = 10.0,
+    testing_percentage: float = 10.0,
+    progress: bool = True,
+) -> KwsData:
+    """Load every domain folder into one labelled set, with silence and unknown rows sized per split."""
+    labels = cfg.labels
+    samples = cfg.clip_samples
+    waves, label_ids, domain_ids, split_ids, sources, noise = [], [], [], [], [], []
+    digests: list[str] = []
+    indexed = {name: index_speech_commands(root) for name, root in cfg.domains.items()}
+    total = sum(len(c) + len(b) for c, b in indexed.values())
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("reading audio", total=total)
+        for d, (domain, (clips, backgrounds)) in enumerate(indexed.items()):
+            chosen = _choose_clips(clips, cfg, seed, domain)
+            for ref in chosen:
+                wave, digest = read_audio(ref.path, cfg.sample_rate)
+                waves.append(to_int16(fit_length(wave, samples)))
+                label_ids.append(labels.index(ref.word if ref.word in cfg.words else UNKNOWN))
+                domain_ids.append(d)
+                split_ids.append(SPLITS.index(ref.split))
+                sources.append(str(ref.path))
+                digests.append(f"{domain}/{ref.path.parent.name}/{ref.path.name} {digest}")
+                bar.advance(task)
+            bar.advance(task, len(clips) - len(chosen))
+            core = {s: sum(r.word in cfg.words and r.split == s for r in chosen) for s in SPLITS}
+            rng = _domain_rng(seed, domain, "silence")
+            for path in backgrounds:
+                background, digest = read_audio(path, cfg.sample_rate)
+                digests.append(f"{domain}/{BACKGROUND_DIR}/{path.name} {digest}")
+                bounds = _split_bounds(len(background), validation_percentage, testing_percentage)
+                noise.append(to_int16(background[slice(*bounds["training"])]))
+                for split, (lo, hi) in bounds.items():
+                    if hi - lo <= samples:
+                        continue
+                    count = round(core[split] * cfg.silence_percentage / 100 / len(backgrounds))
+                    for offset in rng.integers(lo, hi - samples, size=count):
+                        waves.append(to_int16(background[offset : offset + samples] * rng.uniform(0.05, 1.0)))
+                        label_ids.append(labels.index(SILENCE))
+                        domain_ids.append(d)
+                        split_ids.append(SPLITS.index(split))
+                        sources.append(f"{path}@{offset}")
+                bar.advance(task)
+    folders = ", ".join(map(str, cfg.domains.values()))
+    for i, split in enumerate(SPLITS):
+        if i not in split_ids:
+            raise AudioError(f"{folders}: no {split} clips (more speakers, or a larger split percentage)")
+    return KwsData(
+        waves=torch.from_numpy(np.stack(waves)),
+        labels=torch.tensor(label_ids),
+        domains=torch.tensor(domain_ids),
+        splits=torch.tensor(split_ids),
+        noise=torch.from_numpy(np.concatenate(noise)) if noise else torch.zeros(samples, dtype=torch.int16),
+        label_names=labels,
+        domain_names=list(cfg.domains),
+        sources=sources,
+        version=hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()[:16],
+    )
+
+
+def _choose_clips(clips: list[ClipRef], cfg: Dataset, seed: int, domain: str) -> list[ClipRef]:
+    """All core-word clips, and per split a seeded sample of unknown words sized as the protocol says."""
+    rng = _domain_rng(seed, domain, "unknown")
+    chosen = [c for c in clips if c.word in cfg.words]
+    for split in SPLITS:
+        unknown = [c for c in clips if c.word not in cfg.words and c.split == split]
+        want = round(sum(c.split == split for c in chosen) * cfg.unknown_percentage / 100)
+        picks = rng.choice(len(unknown), size=min(want, len(unknown)), replace=False) if unknown else []
+        chosen += [unknown[i] for i in sorted(picks)]
+    return chosen

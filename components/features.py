@@ -1,0 +1,46 @@
+"""Log-mel features: the front end shared by training, evaluation, export calibration and serving.
+
+One torchaudio transform over whole batches of waveforms, so featurizing is a few tensor ops, not a Python loop.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchaudio
+
+from components.config import Features
+
+LOG_FLOOR = 1e-6
+
+
+class LogMel(torch.nn.Module):
+    """Waveforms (batch, samples) at `sample_rate` -> log-mel (batch, n_mels, frames)."""
+
+    def __init__(self, cfg: Features, sample_rate: int) -> None:
+        super().__init__()
+        win = round(sample_rate * cfg.win_ms / 1000)
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=sample_rate,
+            n_fft=1 << (win - 1).bit_length(),
+            win_length=win,
+            hop_length=round(sample_rate * cfg.hop_ms / 1000),
+            f_min=cfg.f_min,
+            f_max=min(cfg.f_max, sample_rate / 2),
+            n_mels=cfg.n_mels,
+            center=False,
+        )
+
+    def forward(self, waves: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.mel(waves) + LOG_FLOOR)
+
+
+def frame_count(cfg: Features, sample_rate: int, samples: int) -> int:
+    """Frames LogMel yields for a clip of `samples` samples (no centre padding)."""
+    win = round(sample_rate * cfg.win_ms / 1000)
+    return 1 + (samples - win) // round(sample_rate * cfg.hop_ms / 1000)
+
+
+@torch.no_grad()
+def featurize(waves: torch.Tensor, front_end: LogMel, batch_size: int = 1024) -> torch.Tensor:
+    """Log-mel of many clips, in batches to bound memory."""
+    return torch.cat([front_end(chunk) for chunk in waves.split(batch_size)]) if len(waves) else waves.new_empty(0)

@@ -1,0 +1,62 @@
+"""MLflow bookkeeping shared by the stages: where the store is, and one run per training that later stages join.
+
+The run id travels in a small JSON file beside the model, so evaluate and export log into the run that trained it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from components.config import Params, Tracking
+from components.errors import EarshotError
+from components.files import write_text_atomically
+
+
+def tracking_uri(cfg: Tracking) -> str:
+    """params.yaml names the store; MLFLOW_TRACKING_URI overrides it, as MLflow users expect."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+
+
+def use_store(cfg: Tracking) -> None:
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    mlflow.set_experiment(cfg.experiment)
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys, the shape MLflow params take."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@contextmanager
+def training_run(params: Params, run_file: Path, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
+    """Start a run for one training, log every setting, and record its id in `run_file` for later stages."""
+    use_store(params.tracking)
+    with mlflow.start_run(tags=tags) as run:
+        settings = flatten(params.model_dump(mode="json", exclude={"synthesis", "paths", "tracking"}))
+        mlflow.log_params({k: str(v)[:6000] for k, v in settings.items()})
+        write_text_atomically(run_file, json.dumps({"run_id": run.info.run_id,
+                                                    "experiment_id": run.info.experiment_id}) + "\n")
+        yield run
+
+
+@contextmanager
+def resume_run(params: Params, run_file: Path) -> Iterator[mlflow.ActiveRun]:
+    """Re-open the run that trained the model, so its evaluation and export sit beside its training curves."""
+    if not run_file.is_file():
+        raise EarshotError(f"{run_file}: no training run recorded; run the train stage first")
+    use_store(params.tracking)
+    with mlflow.start_run(run_id=json.loads(run_file.read_text())["run_id"]) as run:
+        yield run

@@ -1,0 +1,115 @@
+"""Training: AdamW, cosine schedule, augmentation per batch, early stopping on validation accuracy.
+
+The loop reads top to bottom; a checkpoint after every epoch lets an interrupted run resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from components.augment import augment_batch, spec_augment
+from components.config import Params
+from components.dataset import KwsData
+from components.features import LogMel
+from components.files import atomic_path
+from components.model import KeywordSpotter
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model: KeywordSpotter
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_accuracy: float
+
+
+@torch.no_grad()
+def score(model: torch.nn.Module, mels: torch.Tensor, labels: torch.Tensor, batch: int = 512) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy of `model` on precomputed log-mels."""
+    model.eval()
+    logits = torch.cat([model(chunk) for chunk in mels.split(batch)])
+    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+def run_fingerprint(params: Params, data_version: str) -> str:
+    """What a checkpoint must match to be resumed: the data and every setting that shapes training."""
+    relevant = params.model_dump(mode="json", include={"seed", "features", "augment", "model", "train"})
+    return hashlib.sha256(json.dumps([relevant, data_version], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train_model(
+    data: KwsData,
+    params: Params,
+    checkpoint: Path | None = None,
+    on_epoch: Callable[[dict[str, float]], None] = lambda metrics: None,
+) -> TrainResult:
+    """Train a KeywordSpotter on the training split, keeping the weights of the best validation epoch."""
+    cfg, sample_rate = params.train, params.dataset.sample_rate
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(params.seed)
+    gen = torch.Generator().manual_seed(params.seed)
+    train, val = data.split("training"), data.split("validation")
+    waves, noise = train.float_waves(), data.noise.float() / 32767.0
+    front_end = LogMel(params.features, sample_rate)
+    model = KeywordSpotter(params.features.n_mels, len(data.label_names), params.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    steps_per_epoch = -(-len(waves) // cfg.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
+    state = {"epoch": 0, "best_epoch": -1, "best_acc": -1.0, "best_weights": None, "history": []}
+
+    fingerprint = run_fingerprint(params, data.version)
+    if checkpoint and checkpoint.is_file():
+        saved = torch.load(checkpoint, weights_only=False)
+        if saved["fingerprint"] == fingerprint:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            schedule.load_state_dict(saved["schedule"])
+            gen.set_state(saved["generator"])
+            torch.set_rng_state(saved["torch_rng"])  # dropout draws from the global generator
+            state = saved["state"]
+
+    while state["epoch"] < cfg.epochs and state["epoch"] - state["best_epoch"] <= cfg.patience:
+        model.train()
+        total_loss, correct = 0.0, 0
+        for idx in torch.randperm(len(waves), generator=gen).split(cfg.batch_size):
+            mels = spec_augment(front_end(augment_batch(waves[idx], noise, params.augment, sample_rate, gen)),
+                                params.augment, gen)
+            logits = model(mels)
+            loss = F.cross_entropy(logits, train.labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total_loss += loss.item() * len(idx)
+            correct += (logits.argmax(1) == train.labels[idx]).sum().item()
+
+        val_loss, val_acc = score(model, val.mels, val.labels)
+        metrics = {"epoch": state["epoch"], "train_loss": total_loss / len(waves),
+                   "train_accuracy": correct / len(waves), "val_loss": val_loss, "val_accuracy": val_acc,
+                   "lr": schedule.get_last_lr()[0]}
+        state["history"].append(metrics)
+        if val_acc > state["best_acc"]:
+            state |= {"best_epoch": state["epoch"], "best_acc": val_acc,
+                      "best_weights": {k: v.clone() for k, v in model.state_dict().items()}}
+        state["epoch"] += 1
+        if checkpoint:
+            saved = {"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "schedule": schedule.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "state": state}
+            with atomic_path(checkpoint) as partial:
+                torch.save(saved, partial)
+        on_epoch(metrics)
+
+    model.load_state_dict(state["best_weights"])
+    model.eval()
+    if checkpoint:
+        # Only an interrupted run may resume; a finished one must not short-circuit the next training.
+        checkpoint.unlink(missing_ok=True)
+    return TrainResult(model, state["history"], state["best_epoch"], state["best_acc"])
+

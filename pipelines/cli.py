@@ -1,0 +1,122 @@
+"""`earshot`: the command line over the pipeline stages (what dvc.yaml runs) and the Prefect flow.
+
+Expected failures print one line naming the file and the problem and exit 1; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from components.config import Params, load_params
+from components.errors import EarshotError
+from components.tracking import tracking_uri
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Continuous training for audio models.")
+console = Console()
+err_console = Console(stderr=True)
+ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="The params file to read.")]
+state = {"debug": False}
+
+
+@app.callback()
+def options(debug: Annotated[bool, typer.Option(help="Show full tracebacks.")] = False) -> None:
+    state["debug"] = debug
+
+
+def _run_stage(name: str, params_path: Path) -> None:
+    from pipelines.stages import STAGES
+
+    STAGES[name](load_params(params_path))
+
+
+def _stage_command(name: str, doc: str) -> None:
+    def command(params: ParamsOption = Path("params.yaml")) -> None:
+        _run_stage(name, params)
+
+    command.__doc__ = doc
+    app.command(name)(command)
+
+
+for _name, _doc in {
+    "synthesize": "Synthesize the speech corpus: one Speech Commands tree per acoustic domain.",
+    "featurize": "Decode, label and featurize every clip once into the features file.",
+    "train": "Train the keyword spotter and log the run to MLflow.",
+    "evaluate": "Score the model per class and per acoustic domain on the test split.",
+    "export": "Export ONNX FP32 and INT8, check parity, measure size and latency.",
+}.items():
+    _stage_command(_name, _doc)
+
+
+@app.command()
+def flow(params: ParamsOption = Path("params.yaml")) -> None:
+    """Run the whole chain as the Prefect flow `train_keyword_spotter`."""
+    from pipelines.flows import train_keyword_spotter
+
+    train_keyword_spotter(str(params))
+
+
+@app.command()
+def summary(params: ParamsOption = Path("params.yaml")) -> None:
+    """Print what the last run produced: accuracy per domain, model sizes and latencies, where to look next."""
+    console.print(summary_table(load_params(params)))
+
+
+def summary_table(params: Params) -> Table:
+    reports, model_dir = params.paths.reports, params.paths.model_dir
+    metrics = _read_json(reports / "metrics.json")
+    exported = _read_json(reports / "export.json")
+    run = _read_json(model_dir / "run.json")
+    table = Table(title="earshot · keyword spotting", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("test accuracy", f"{metrics['accuracy']:.2%} on {metrics['clips']} clips")
+    for domain, accuracy in metrics["per_domain"].items():
+        table.add_row(f"  {domain}", f"{accuracy:.2%}")
+    for row in exported["variants"]:
+        table.add_row(row["name"], f"{row['size_bytes'] / 1024:.1f} KiB · {row['latency_ms_p50']:.3f} ms p50 "
+                                   f"(1 thread) · accuracy {row['accuracy']:.2%}")
+    table.add_row("MLflow run", run["run_id"])
+    table.add_row("MLflow UI", f".venv/bin/mlflow ui --backend-store-uri {tracking_uri(params.tracking)} "
+                               "--host 127.0.0.1  → http://127.0.0.1:5000")
+    return table
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise EarshotError(f"{path}: not found; run `dvc repro` first")
+    return json.loads(path.read_text())
+
+
+def main() -> None:
+    """Entry point: run the app, turning expected failures into one line and exit code 1."""
+    try:
+        app(standalone_mode=False)
+    except EarshotError as err:
+        if state["debug"]:
+            raise
+        err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except click.ClickException as usage:
+        usage.show()
+        sys.exit(usage.exit_code)
+    except click.exceptions.Exit as stop:
+        sys.exit(stop.exit_code)
+    except click.Abort:
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - a user sees one line; --debug shows the traceback
+        if state["debug"]:
+            raise
+        err_console.print(f"[red]error:[/red] {type(err).__name__}: {err} (rerun with --debug for the traceback)",
+                          highlight=False, soft_wrap=True)
+        sys.exit(1)

@@ -1,0 +1,127 @@
+"""The pipeline stages: each reads its inputs from the paths in params.yaml, calls the components, writes outputs.
+
+`dvc repro` reaches these through the CLI and the Prefect flows call them as tasks: one copy of every stage.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import mlflow
+import torch
+from components.corpus import synthesize_corpus
+from mlflow.models import infer_signature
+
+from components.config import Params
+from components.dataset import KwsData, build_dataset
+from components.evaluate import Evaluation, evaluate_predictions, plot_confusion, predict
+from components.export import ExportReport, export_models
+from components.features import LogMel, featurize
+from components.files import write_text_atomically
+from components.model import count_parameters, load_model, save_model
+from components.tracking import resume_run, training_run
+from components.train import train_model
+
+
+def model_file(params: Params) -> Path:
+    return params.paths.model_dir / "model.pt"
+
+
+def run_file(params: Params) -> Path:
+    return params.paths.model_dir / "run.json"
+
+
+def write_json(path: Path, payload: object) -> None:
+    write_text_atomically(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def synthesize(params: Params) -> dict[str, Path]:
+    """Write one Speech Commands tree per acoustic domain recipe."""
+    return synthesize_corpus(params)
+
+
+def featurize_stage(params: Params) -> KwsData:
+    """Decode every clip once, cut silence, sample unknowns, compute log-mels, and cache it all in one file."""
+    data = build_dataset(params.dataset, params.seed, params.synthesis.validation_percentage,
+                         params.synthesis.testing_percentage)
+    data.mels = featurize(data.float_waves(), LogMel(params.features, params.dataset.sample_rate))
+    data.save(params.paths.features)
+    return data
+
+
+def train(params: Params) -> str:
+    """Train the keyword spotter, log it to MLflow with the data version, and save weights with their card."""
+    data = KwsData.load(params.paths.features)
+    out = params.paths.model_dir
+    with training_run(params, run_file(params), tags={"dataset_version": data.version, "track": "kws"}) as run:
+        result = train_model(data, params, checkpoint=out / "checkpoint.pt",
+                             on_epoch=lambda m: mlflow.log_metrics(m, step=int(m["epoch"])))
+        card = {"label_names": data.label_names, "domain_names": data.domain_names,
+                "features": params.features.model_dump(), "model": params.model.model_dump(),
+                "sample_rate": params.dataset.sample_rate, "clip_samples": params.dataset.clip_samples,
+                "dataset_version": data.version, "run_id": run.info.run_id}
+        save_model(result.model, model_file(params), card)
+        summary = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+                   "epochs_run": len(result.history), "parameters": count_parameters(result.model)}
+        mlflow.log_metrics({"best_val_accuracy": result.best_val_accuracy, "parameters": summary["parameters"]})
+        example = data.split("validation").mels[:2].numpy()
+        with torch.no_grad():
+            signature = infer_signature(example, result.model(torch.from_numpy(example)).numpy())
+        mlflow.pytorch.log_model(result.model, name="model", input_example=example, signature=signature)
+        write_json(out / "train_metrics.json", summary)
+        _write_csv(out / "history.csv", result.history)
+        return run.info.run_id
+
+
+def evaluate(params: Params) -> Evaluation:
+    """Score the trained model on the test split of every domain; write metrics, confusion plot data and image."""
+    model, _ = load_model(model_file(params))
+    test = KwsData.load(params.paths.features).split("testing")
+    evaluation = evaluate_predictions(predict(model, test.mels), test)
+    reports = params.paths.reports
+    write_json(reports / "metrics.json", evaluation.metrics())
+    names = test.label_names
+    _write_csv(reports / "confusion.csv", [{"actual": names[a], "predicted": names[p]}
+                                            for a, p in zip(test.labels.tolist(), evaluation.predictions, strict=True)])
+    plot_confusion(evaluation, names, reports / "confusion.png")
+    with resume_run(params, run_file(params)):
+        mlflow.log_metrics({"test_accuracy": evaluation.accuracy}
+                           | {f"test_accuracy.{d}": v for d, v in evaluation.per_domain.items()}
+                           | {f"test_accuracy.class.{c}": v for c, v in evaluation.per_class.items()})
+        mlflow.log_artifact(str(reports / "confusion.png"), artifact_path="evaluation")
+        mlflow.log_artifact(str(reports / "metrics.json"), artifact_path="evaluation")
+    return evaluation
+
+
+def export(params: Params) -> ExportReport:
+    """ONNX FP32 and INT8 with a parity check; sizes, latencies and accuracies go to reports/export.json."""
+    model, _ = load_model(model_file(params))
+    data = KwsData.load(params.paths.features)
+    train_mels = data.split("training").mels
+    picks = torch.randperm(len(train_mels), generator=torch.Generator().manual_seed(params.seed))
+    test = data.split("testing")
+    report = export_models(model, train_mels[picks[: params.export.calibration_clips]], test.mels, test.labels,
+                           params.export, params.paths.model_dir)
+    write_json(params.paths.reports / "export.json", report.to_dict())
+    with resume_run(params, run_file(params)):
+        mlflow.log_dict(report.to_dict(), "export/export.json")
+        for row in report.to_dict()["variants"]:
+            mlflow.log_metrics({f"export.{row['name']}.{k}": v for k, v in row.items() if isinstance(v, (int, float))})
+        for path in params.paths.model_dir.glob("*.onnx"):
+            mlflow.log_artifact(str(path), artifact_path="export")
+    return report
+
+
+def _write_csv(path: Path, rows: list[dict[str, object]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomically(path, buffer.getvalue())
+
+
+STAGES = {"synthesize": synthesize, "featurize": featurize_stage, "train": train, "evaluate": evaluate,
+          "export": export}
