@@ -25,6 +25,7 @@ from components.errors import EarshotError
 SPLITS = ("training", "validation", "testing")
 SILENCE, UNKNOWN = "_silence_", "_unknown_"
 BACKGROUND_DIR = "_background_noise_"
+SPLIT_FILES = {"validation": "validation_list.txt", "testing": "testing_list.txt"}
 MAX_NUM_WAVS_PER_CLASS = 2**27 - 1  # the constant Speech Commands' split hash is defined with
 FULL_SCALE = 32767.0
 
@@ -61,7 +62,7 @@ def index_speech_commands(root: Path) -> tuple[list[ClipRef], list[Path]]:
     if not root.is_dir():
         raise AudioError(f"{root}: dataset folder not found")
     listed: dict[str, str] = {}
-    for split, name in (("validation", "validation_list.txt"), ("testing", "testing_list.txt")):
+    for split, name in SPLIT_FILES.items():
         lists = root / name
         if not lists.is_file():
             raise AudioError(f"{lists}: split list missing (a Speech Commands v2 tree has one)")

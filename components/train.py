@@ -101,7 +101,8 @@ def train_model(
         state["epoch"] += 1
         if checkpoint:
             saved = {"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "schedule": schedule.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "state": state}
+                     "schedule": schedule.state_dict(), "generator": gen.get_state(),
+                     "torch_rng": torch.get_rng_state(), "state": state}
             with atomic_path(checkpoint) as partial:
                 torch.save(saved, partial)
         on_epoch(metrics)

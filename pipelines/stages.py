@@ -12,10 +12,10 @@ from pathlib import Path
 
 import mlflow
 import torch
-from components.corpus import synthesize_corpus
 from mlflow.models import infer_signature
 
 from components.config import Params
+from components.corpus import synthesize_corpus
 from components.dataset import KwsData, build_dataset
 from components.evaluate import Evaluation, evaluate_predictions, plot_confusion, predict
 from components.export import ExportReport, export_models

@@ -15,17 +15,23 @@ from components.dataset import which_set
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-def tiny_settings(root: Path) -> dict:
-    """params.yaml with every size cut down so the whole pipeline runs in well under a minute."""
+def tiny_settings(root: Path | None) -> dict:
+    """params.yaml with every size cut down so the whole pipeline runs in well under a minute.
+
+    Paths go under `root`, or stay relative (for a DVC repo, whose outputs must live inside it) when root is None.
+    """
+    def place(path: str) -> str:
+        return str(root / path) if root else path
+
     settings = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    settings["paths"] = {k: str(root / v) for k, v in settings["paths"].items()}
-    settings["tracking"]["uri"] = f"sqlite:///{root / 'mlflow.db'}"
+    settings["paths"] = {k: place(v) for k, v in settings["paths"].items()}
+    settings["tracking"]["uri"] = f"sqlite:///{place('mlflow.db')}"
     synthesis = settings["synthesis"]
-    synthesis |= {"out_dir": str(root / "data/synth"), "speakers_per_domain": 10, "takes_per_word": 1,
+    synthesis |= {"out_dir": place("data/synth"), "speakers_per_domain": 10, "takes_per_word": 1,
                   "background_seconds": 20, "unknown_words": ["bed", "cat"],
                   "validation_percentage": 25.0, "testing_percentage": 25.0}
     synthesis["domains"] = {k: synthesis["domains"][k] for k in ("studio_us", "car_scottish")}
-    settings["dataset"]["domains"] = {k: str(root / "data/synth" / k) for k in synthesis["domains"]}
+    settings["dataset"]["domains"] = {k: place(f"data/synth/{k}") for k in synthesis["domains"]}
     settings["train"] |= {"epochs": 3, "batch_size": 32, "patience": 2}
     settings["model"] |= {"channels": 16, "blocks": 1}
     settings["export"] |= {"calibration_clips": 32, "latency_runs": 5, "min_parity": 0.5}

@@ -1,0 +1,114 @@
+"""End to end: the real `dvc repro` in a temporary git repo, and the Prefect flow under a real Prefect API."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from prefect.testing.utilities import prefect_test_harness
+
+from components.config import Params
+from tests.conftest import PROJECT, tiny_settings, write_tree
+
+BIN = Path(sys.executable).parent
+
+
+def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+@pytest.fixture(scope="module")
+def dvc_repo(tmp_path_factory) -> Path:
+    """A git + DVC repo holding the project's pipeline and components, with tiny params, after one `dvc repro`."""
+    repo = tmp_path_factory.mktemp("repo")
+    shutil.copytree(PROJECT / "components", repo / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(PROJECT / "dvc.yaml", repo / "dvc.yaml")
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_settings(None), sort_keys=False))
+    run(["git", "init", "-q"], repo)
+    run(["dvc", "init", "-q"], repo)
+    run(["dvc", "repro"], repo)
+    return repo
+
+
+def test_dvc_repro_builds_every_stage_output(dvc_repo):
+    metrics = json.loads((dvc_repo / "reports/metrics.json").read_text())
+    assert set(metrics["per_domain"]) == {"studio_us", "car_scottish"}
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["clips"] > 0
+    exported = json.loads((dvc_repo / "reports/export.json").read_text())
+    assert {v["name"] for v in exported["variants"]} >= {"onnx_fp32", "onnx_int8"}
+    for out in ("models/kws/model.pt", "models/kws/model.onnx", "models/kws/model.int8.onnx",
+                "reports/confusion.png", "data/features/kws.pt", "data/synth/studio_us/testing_list.txt"):
+        assert (dvc_repo / out).is_file(), out
+    shown = run(["dvc", "metrics", "show", "--json"], dvc_repo).stdout
+    assert "per_domain" in shown
+
+
+def test_second_repro_runs_nothing_and_one_param_reruns_only_downstream(dvc_repo):
+    again = run(["dvc", "repro"], dvc_repo)
+    assert "Running stage" not in again.stdout
+    params = yaml.safe_load((dvc_repo / "params.yaml").read_text())
+    params["train"]["epochs"] = 2
+    (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = run(["dvc", "repro"], dvc_repo).stdout
+    ran = {line.split("'")[1] for line in changed.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train", "evaluate", "export"}
+    assert json.loads((dvc_repo / "models/kws/train_metrics.json").read_text())["epochs_run"] <= 2
+
+
+def test_training_run_is_in_mlflow_with_data_version_and_model(dvc_repo):
+    run_id = json.loads((dvc_repo / "models/kws/run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{dvc_repo / 'mlflow.db'}")
+    logged = client.get_run(run_id)
+    assert len(logged.data.tags["dataset_version"]) == 16
+    assert "test_accuracy.studio_us" in logged.data.metrics
+    assert "export.onnx_int8.size_bytes" in logged.data.metrics
+    assert len(client.get_metric_history(run_id, "val_accuracy")) >= 1
+    assert client.search_logged_models(experiment_ids=[logged.info.experiment_id])
+
+
+def test_corrupt_audio_stops_featurize_with_one_line_naming_the_file(tmp_path):
+    root = write_tree(tmp_path / "sc", {"yes": 300.0, "no": 500.0}, [f"{i:08x}" for i in range(40)])
+    bad = root / "yes" / "deadbeef_nohash_0.wav"
+    bad.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt garbage that is not audio")
+    settings = tiny_settings(tmp_path)
+    settings["dataset"]["domains"] = {"lab": str(root)}
+    settings["dataset"]["words"] = ["yes", "no"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(settings))
+    done = run(["earshot", "featurize", "--params", str(tmp_path / "params.yaml")], tmp_path, check=False)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and "Traceback" not in done.stderr
+    assert not Path(settings["paths"]["features"]).exists()
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_prefect_flow_runs_the_same_stages_against_a_real_mlflow_store(prefect_api, tmp_path):
+    from pipelines.flows import train_keyword_spotter
+
+    settings = tiny_settings(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(settings))
+    state = train_keyword_spotter(str(tmp_path / "params.yaml"), return_state=True)
+    assert state.is_completed()
+    result = state.result()
+    params = Params.model_validate(settings)
+    client = mlflow.MlflowClient(tracking_uri=params.tracking.uri)
+    logged = client.get_run(result["run_id"])
+    assert logged.data.metrics["test_accuracy"] == pytest.approx(result["accuracy"])
+    assert (params.paths.model_dir / "model.int8.onnx").is_file()
