@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,6 +39,8 @@ INT8_FILE = "model.int8.onnx"
 # Bounds memory when scoring the test set and when calibrating; results do not depend on it.
 BATCH = 256
 WARMUP_RUNS = 10
+# The dynamo exporter warns once per torchvision op it cannot register; torchvision is not a dependency here.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
 class ParityError(EarshotError):
