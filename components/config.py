@@ -53,6 +53,11 @@ class Synthesis(Strict):
     validation_percentage: Percentage = 10.0
     testing_percentage: Percentage = 10.0
     domains: dict[str, DomainRecipe] = Field(min_length=1)
+    # Recipes that reach the pipeline only as new-data drops (`earshot drop`), never in the base corpus.
+    drop_domains: dict[str, DomainRecipe] = Field(default_factory=dict)
+
+    def recipe(self, domain: str) -> DomainRecipe:
+        return (self.domains | self.drop_domains)[domain]
 
 
 class Dataset(Strict):
@@ -111,12 +116,28 @@ class Export(Strict):
     latency_runs: PositiveInt = 200
 
 
+class Ingest(Strict):
+    """Where accepted and rejected drop files go, and the thresholds Great Expectations checks them against."""
+
+    root: Path = Path("data/domains")
+    quarantine: Path = Path("data/quarantine")
+    min_seconds: Annotated[float, Field(gt=0.0)] = 0.3
+    max_seconds: Annotated[float, Field(gt=0.0)] = 2.0
+    min_rms_dbfs: float = -55.0
+    max_clipping_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+    # Drop level: a drop whose label mix is this far from uniform over the task's labels is rejected whole.
+    max_label_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    min_files: PositiveInt = 1
+
+
 class Paths(Strict):
     """Where stages put their outputs; dvc.yaml reads the same keys, so there is one list of paths."""
 
     features: Path = Path("data/features/kws.pt")
     model_dir: Path = Path("models/kws")
     reports: Path = Path("reports")
+    # Decoded clips by content hash; outside DVC's outputs so it survives a stage re-run.
+    clip_cache: Path = Path(".earshot/clips.npz")
 
 
 class Params(Strict):
@@ -130,12 +151,14 @@ class Params(Strict):
     model: Model = Model()
     train: Train = Train()
     export: Export = Export()
+    ingest: Ingest = Ingest()
 
     @model_validator(mode="after")
     def _ranges_are_ordered(self) -> Params:
         ranges = {f"synthesis.domains.{n}.snr_db": r.snr_db for n, r in self.synthesis.domains.items()}
         ranges |= {f"synthesis.domains.{n}.rt60_s": r.rt60_s for n, r in self.synthesis.domains.items()}
         ranges["augment.snr_db"] = self.augment.snr_db
+        ranges["ingest.min_seconds..max_seconds"] = (self.ingest.min_seconds, self.ingest.max_seconds)
         for key, span in ranges.items():
             if span is not None and span[0] > span[1]:
                 raise ValueError(f"{key}: low end {span[0]} is above high end {span[1]}")

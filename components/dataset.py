@@ -21,6 +21,7 @@ from rich.progress import Progress
 
 from components.config import Dataset
 from components.errors import EarshotError
+from components.files import atomic_path
 
 SPLITS = ("training", "validation", "testing")
 SILENCE, UNKNOWN = "_silence_", "_unknown_"
@@ -56,22 +57,29 @@ class ClipRef:
     split: str
 
 
-def index_speech_commands(root: Path) -> tuple[list[ClipRef], list[Path]]:
-    """List the word clips (with their split from the tree's list files) and the background-noise files."""
+def index_speech_commands(
+    root: Path, split_percentages: tuple[float, float] | None = None
+) -> tuple[list[ClipRef], list[Path]]:
+    """List the word clips with their split, and the background-noise files.
+
+    Splits come from the tree's list files; a tree without them (a drop) needs `split_percentages` for which_set.
+    """
     root = Path(root)
     if not root.is_dir():
         raise AudioError(f"{root}: dataset folder not found")
     listed: dict[str, str] = {}
     for split, name in SPLIT_FILES.items():
         lists = root / name
-        if not lists.is_file():
+        if lists.is_file():
+            listed |= {line.strip(): split for line in lists.read_text().splitlines() if line.strip()}
+        elif split_percentages is None:
             raise AudioError(f"{lists}: split list missing (a Speech Commands v2 tree has one)")
-        listed |= {line.strip(): split for line in lists.read_text().splitlines() if line.strip()}
     clips = []
     for path in sorted(root.glob("*/*.wav")):
         word = path.parent.name
         if not word.startswith("_"):
-            split = listed.get(f"{word}/{path.name}", "training")
+            name = f"{word}/{path.name}"
+            split = listed.get(name) or (which_set(name, *split_percentages) if split_percentages else "training")
             clips.append(ClipRef(path, word, path.name.split("_nohash_")[0], split))
     return clips, sorted((root / BACKGROUND_DIR).glob("*.wav"))
 
@@ -80,8 +88,16 @@ def read_audio(path: Path, sample_rate: int) -> tuple[np.ndarray, str]:
     """Decode a file to float32 mono at `sample_rate`, with the sha256 of its bytes; AudioError if unusable."""
     try:
         raw = Path(path).read_bytes()
+    except OSError as err:
+        raise AudioError(f"{path}: cannot be read ({err.strerror})") from None
+    return decode_audio(raw, path, sample_rate), hashlib.sha256(raw).hexdigest()
+
+
+def decode_audio(raw: bytes, path: Path, sample_rate: int) -> np.ndarray:
+    """Decode file bytes to float32 mono at `sample_rate`; AudioError naming `path` if they are not usable audio."""
+    try:
         audio, rate = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
-    except (OSError, RuntimeError, sf.LibsndfileError) as err:
+    except (RuntimeError, sf.LibsndfileError) as err:
         reason = str(err).split(":")[-1].strip() or type(err).__name__
         raise AudioError(f"{path}: not readable audio ({reason})") from None
     if audio.size == 0:
@@ -91,7 +107,7 @@ def read_audio(path: Path, sample_rate: int) -> tuple[np.ndarray, str]:
     mono = audio.mean(axis=1)
     if rate != sample_rate:
         mono = torchaudio.functional.resample(torch.from_numpy(mono), rate, sample_rate).numpy()
-    return mono, hashlib.sha256(raw).hexdigest()
+    return mono
 
 
 def fit_length(wave: np.ndarray, samples: int) -> np.ndarray:
@@ -105,6 +121,37 @@ def fit_length(wave: np.ndarray, samples: int) -> np.ndarray:
 
 def to_int16(wave: np.ndarray) -> np.ndarray:
     return np.clip(np.round(wave * FULL_SCALE), -32768, 32767).astype(np.int16)
+
+
+class ClipCache:
+    """Decoded, length-fitted int16 clips keyed by content hash, kept between featurize runs.
+
+    DVC re-runs a stage when one file of a folder changes; this cache makes a new drop cost only its own files.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = Path(path) if path else None
+        self.clips: dict[str, np.ndarray] = {}
+        self.added = 0
+        if self.path and self.path.is_file():
+            stored = np.load(self.path)
+            self.clips = dict(zip(stored["hashes"].tolist(), stored["waves"], strict=True))
+
+    def clip(self, path: Path, sample_rate: int, samples: int) -> tuple[np.ndarray, str]:
+        """The clip at `path` as int16 of exactly `samples`, decoded only if its content is new; with its hash."""
+        raw = Path(path).read_bytes()
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest not in self.clips:
+            self.clips[digest] = to_int16(fit_length(decode_audio(raw, path, sample_rate), samples))
+            self.added += 1
+        return self.clips[digest], digest
+
+    def save(self) -> None:
+        if not self.path or not self.added:
+            return
+        hashes = list(self.clips)
+        with atomic_path(self.path) as partial, partial.open("wb") as out:
+            np.savez(out, hashes=np.array(hashes), waves=np.stack([self.clips[h] for h in hashes]))
 
 
 @dataclass
@@ -168,21 +215,28 @@ def build_dataset(
     validation_percentage: float = 10.0,
     testing_percentage: float = 10.0,
     progress: bool = True,
+    roots: dict[str, list[Path]] | None = None,
+    cache: ClipCache | None = None,
 ) -> KwsData:
-    """Load every domain folder into one labelled set, with silence and unknown rows sized per split."""
+    """Load every domain's trees (cfg.domains, or `roots`) into one labelled set; silence, unknown sized per split."""
     labels = cfg.labels
     samples = cfg.clip_samples
+    cache = cache or ClipCache(None)
     waves, label_ids, domain_ids, split_ids, sources, noise = [], [], [], [], [], []
     digests: list[str] = []
-    indexed = {name: index_speech_commands(root) for name, root in cfg.domains.items()}
+    roots = roots or {name: [root] for name, root in cfg.domains.items()}
+    indexed = {}
+    for name, trees in roots.items():
+        listings = [index_speech_commands(tree) for tree in trees]
+        indexed[name] = ([c for clips, _ in listings for c in clips], [b for _, bgs in listings for b in bgs])
     total = sum(len(c) + len(b) for c, b in indexed.values())
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("reading audio", total=total)
         for d, (domain, (clips, backgrounds)) in enumerate(indexed.items()):
             chosen = _choose_clips(clips, cfg, seed, domain)
             for ref in chosen:
-                wave, digest = read_audio(ref.path, cfg.sample_rate)
-                waves.append(to_int16(fit_length(wave, samples)))
+                wave, digest = cache.clip(ref.path, cfg.sample_rate, samples)
+                waves.append(wave)
                 label_ids.append(labels.index(ref.word if ref.word in cfg.words else UNKNOWN))
                 domain_ids.append(d)
                 split_ids.append(SPLITS.index(ref.split))
@@ -208,7 +262,8 @@ def build_dataset(
                         split_ids.append(SPLITS.index(split))
                         sources.append(f"{path}@{offset}")
                 bar.advance(task)
-    folders = ", ".join(map(str, cfg.domains.values()))
+    cache.save()
+    folders = ", ".join(str(tree) for trees in roots.values() for tree in trees)
     for i, split in enumerate(SPLITS):
         if i not in split_ids:
             raise AudioError(f"{folders}: no {split} clips (more speakers, or a larger split percentage)")

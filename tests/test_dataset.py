@@ -4,7 +4,16 @@ import soundfile as sf
 import torch
 
 from components.config import Dataset
-from components.dataset import SPLITS, AudioError, KwsData, build_dataset, index_speech_commands, read_audio, which_set
+from components.dataset import (
+    SPLITS,
+    AudioError,
+    ClipCache,
+    KwsData,
+    build_dataset,
+    index_speech_commands,
+    read_audio,
+    which_set,
+)
 from tests.conftest import tone, write_tree
 
 WORDS = {"yes": 300.0, "no": 500.0, "up": 700.0, "bed": 900.0}
@@ -87,3 +96,17 @@ def test_empty_split_is_a_clear_error(tmp_path):
     (root / "validation_list.txt").write_text("")
     with pytest.raises(AudioError, match="no validation clips"):
         build_dataset(dataset_cfg(root), seed=1, progress=False)
+
+
+def test_clip_cache_decodes_only_new_content(tmp_path):
+    root = write_tree(tmp_path / "sc", WORDS, SPEAKERS)
+    cfg = dataset_cfg(root)
+    first = ClipCache(tmp_path / "clips.npz")
+    data = build_dataset(cfg, seed=1, validation_percentage=20, testing_percentage=20, progress=False, cache=first)
+    assert first.added == len(data.labels) - int((data.labels == 3).sum())  # every clip but cut silence
+    sf.write(root / "no" / f"{SPEAKERS[3]}_nohash_0.wav", tone(1234.5), 16000, subtype="PCM_16")
+    second = ClipCache(tmp_path / "clips.npz")
+    again = build_dataset(cfg, seed=1, validation_percentage=20, testing_percentage=20, progress=False, cache=second)
+    assert second.added == 1
+    fresh = build_dataset(cfg, seed=1, validation_percentage=20, testing_percentage=20, progress=False)
+    assert torch.equal(again.waves, fresh.waves) and again.version == fresh.version
