@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -53,6 +54,54 @@ for _name, _doc in {
     "export": "Export ONNX FP32 and INT8, check parity, measure size and latency.",
 }.items():
     _stage_command(_name, _doc)
+
+
+@app.command()
+def ingest(
+    drop: Annotated[Path, typer.Argument(help="Folder of new recordings: Speech Commands layout or manifest.csv.")],
+    domain: Annotated[str, typer.Option(help="The acoustic domain the drop comes from.")],
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Validate a drop, quarantine bad files, add the rest to a domain as a new DVC data version."""
+    from pipelines.stages import ingest as ingest_stage
+
+    report = ingest_stage(load_params(params), drop, domain)
+    if report.already_ingested:
+        console.print(f"{drop}: already ingested into {report.domain} as data version {report.data_version} "
+                      f"(drop {report.drop_id}); nothing changed", soft_wrap=True, highlight=False)
+        return
+    table = Table(title=f"earshot ingest · {drop}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("drop id", report.drop_id)
+    table.add_row("domain", report.domain)
+    table.add_row("accepted", str(report.accepted))
+    table.add_row("rejected", str(report.rejected))
+    for expectation, count in Counter(r.expectation for r in report.validation.rejections).most_common():
+        table.add_row(f"  {expectation}", str(count))
+    table.add_row("quarantine", str(report.quarantine or "-"))
+    table.add_row("data version", report.data_version)
+    table.add_row("Data Docs", str(report.docs_dir / "index.html"))
+    console.print(table)
+
+
+@app.command()
+def drop(
+    domain: Annotated[str, typer.Argument(help="A recipe from synthesis.domains or synthesis.drop_domains.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write the drop to (new or empty).")],
+    speakers: Annotated[int, typer.Option(help="New speakers in the drop.")] = 8,
+    layout: Annotated[str, typer.Option(help="manifest or speech_commands.")] = "manifest",
+    faults: Annotated[bool, typer.Option(help="Plant one bad file of each kind (answer key: faults.csv).")] = False,
+    held_root: Annotated[Path | None, typer.Option(help="A held tree to draw conflicts and duplicates from.")] = None,
+    drop_seed: Annotated[int, typer.Option(help="Mixed with params' seed: another drop of the same recipe.")] = 1,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Synthesize a drop of new recordings for a domain recipe, optionally with planted faults."""
+    from components.drops import write_drop
+
+    written = write_drop(load_params(params), domain, out, speakers=speakers, layout=layout, faults=faults,
+                         held_root=held_root, drop_seed=drop_seed)
+    console.print(f"wrote drop {written}", soft_wrap=True, highlight=False)
 
 
 @app.command()

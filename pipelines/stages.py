@@ -13,17 +13,22 @@ from pathlib import Path
 import mlflow
 import torch
 from mlflow.models import infer_signature
+from rich.console import Console
 
 from components.config import Params
 from components.corpus import synthesize_corpus
-from components.dataset import KwsData, build_dataset
+from components.dataset import ClipCache, KwsData, build_dataset
 from components.evaluate import Evaluation, evaluate_predictions, plot_confusion, predict
 from components.export import ExportReport, export_models
 from components.features import LogMel, featurize
 from components.files import write_text_atomically
+from components.ingest import LEDGER, DropError, IngestReport, ingest_drop, ingested_domains
 from components.model import count_parameters, load_model, save_model
-from components.tracking import resume_run, training_run
+from components.tracking import resume_run, training_run, use_store
 from components.train import train_model
+from components.versioning import commit_data_version
+
+console = Console()
 
 
 def model_file(params: Params) -> Path:
@@ -43,10 +48,19 @@ def synthesize(params: Params) -> dict[str, Path]:
     return synthesize_corpus(params)
 
 
+def domain_roots(params: Params) -> dict[str, list[Path]]:
+    """Every tree the model trains on: the configured domains, then each domain that drops were ingested into."""
+    roots = {name: [path] for name, path in params.dataset.domains.items()}
+    for name, path in ingested_domains(params.ingest.root).items():
+        roots.setdefault(name, []).append(path)
+    return roots
+
+
 def featurize_stage(params: Params) -> KwsData:
     """Decode every clip once, cut silence, sample unknowns, compute log-mels, and cache it all in one file."""
     data = build_dataset(params.dataset, params.seed, params.synthesis.validation_percentage,
-                         params.synthesis.testing_percentage)
+                         params.synthesis.testing_percentage, roots=domain_roots(params),
+                         cache=ClipCache(params.paths.clip_cache))
     data.mels = featurize(data.float_waves(), LogMel(params.features, params.dataset.sample_rate))
     data.save(params.paths.features)
     return data
@@ -57,8 +71,7 @@ def train(params: Params) -> str:
     data = KwsData.load(params.paths.features)
     out = params.paths.model_dir
     with training_run(params, run_file(params), tags={"dataset_version": data.version, "track": "kws"}) as run:
-        result = train_model(data, params, checkpoint=out / "checkpoint.pt",
-                             on_epoch=lambda m: mlflow.log_metrics(m, step=int(m["epoch"])))
+        result = train_model(data, params, checkpoint=out / "checkpoint.pt", on_epoch=_report_epoch)
         card = {"label_names": data.label_names, "domain_names": data.domain_names,
                 "features": params.features.model_dump(), "model": params.model.model_dump(),
                 "sample_rate": params.dataset.sample_rate, "clip_samples": params.dataset.clip_samples,
@@ -74,6 +87,12 @@ def train(params: Params) -> str:
         write_json(out / "train_metrics.json", summary)
         _write_csv(out / "history.csv", result.history)
         return run.info.run_id
+
+
+def _report_epoch(metrics: dict[str, float]) -> None:
+    mlflow.log_metrics(metrics, step=int(metrics["epoch"]))
+    console.print(f"epoch {int(metrics['epoch']):>3}  loss {metrics['train_loss']:.3f}  "
+                  f"train {metrics['train_accuracy']:.1%}  val {metrics['val_accuracy']:.1%}", highlight=False)
 
 
 def evaluate(params: Params) -> Evaluation:
@@ -112,6 +131,27 @@ def export(params: Params) -> ExportReport:
             mlflow.log_metrics({f"export.{row['name']}.{k}": v for k, v in row.items() if isinstance(v, (int, float))})
         for path in params.paths.model_dir.glob("*.onnx"):
             mlflow.log_artifact(str(path), artifact_path="export")
+    return report
+
+
+def ingest(params: Params, drop: Path, domain: str) -> IngestReport:
+    """Validate and ingest a drop into `domain`, version it in DVC and git, log the validation to MLflow."""
+    report = ingest_drop(params, drop, domain, params.paths.reports / "validation")
+    if report.already_ingested:
+        return report
+    if not report.drop_rejected:
+        commit_data_version(params.ingest.root / domain, params.ingest.root / LEDGER,
+                            f"data: ingest {Path(drop).name} into {domain} (data version {report.data_version})")
+    use_store(params.tracking)
+    with mlflow.start_run(run_name=f"ingest {Path(drop).name}", tags={
+            "stage": "ingest", "drop_id": report.drop_id, "domain": domain, "data_version": report.data_version}):
+        mlflow.log_metrics({"accepted": report.accepted, "rejected": report.rejected})
+        if report.docs_dir:
+            mlflow.log_artifacts(str(report.docs_dir), artifact_path="data_docs")
+        if report.quarantine:
+            mlflow.log_artifact(str(report.quarantine / "reasons.csv"), artifact_path="quarantine")
+    if report.drop_rejected:
+        raise DropError(report.drop_rejected)
     return report
 
 

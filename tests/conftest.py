@@ -32,6 +32,7 @@ def tiny_settings(root: Path | None) -> dict:
                   "validation_percentage": 25.0, "testing_percentage": 25.0}
     synthesis["domains"] = {k: synthesis["domains"][k] for k in ("studio_us", "car_scottish")}
     settings["dataset"]["domains"] = {k: place(f"data/synth/{k}") for k in synthesis["domains"]}
+    settings["ingest"] |= {"root": place("data/domains"), "quarantine": place("data/quarantine")}
     settings["train"] |= {"epochs": 3, "batch_size": 32, "patience": 2}
     settings["model"] |= {"channels": 16, "blocks": 1}
     settings["export"] |= {"calibration_clips": 32, "latency_runs": 5, "min_parity": 0.5}

@@ -36,6 +36,8 @@ def dvc_repo(tmp_path_factory) -> Path:
     shutil.copytree(PROJECT / "components", repo / "components", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(PROJECT / "dvc.yaml", repo / "dvc.yaml")
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_settings(None), sort_keys=False))
+    (repo / "data/domains").mkdir(parents=True)
+    shutil.copy(PROJECT / "data/domains/drops.csv", repo / "data/domains/drops.csv")
     run(["git", "init", "-q"], repo)
     run(["dvc", "init", "-q"], repo)
     run(["dvc", "repro"], repo)

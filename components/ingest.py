@@ -1,0 +1,267 @@
+"""Ingestion of a drop of new recordings into a versioned acoustic domain, with validation and a quarantine.
+
+Originals are only read. Accepted files are normalised into a staged copy of the domain tree that replaces the
+old tree in one rename, so a crash leaves the dataset at its old version; rejects are copied to a quarantine.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from components.config import Params
+from components.dataset import (
+    BACKGROUND_DIR,
+    SPLIT_FILES,
+    index_speech_commands,
+    read_audio,
+    to_int16,
+    which_set,
+)
+from components.errors import EarshotError
+from components.files import write_text_atomically
+from components.validate import ValidationReport, facts_frame, validate_drop
+
+MANIFEST = "manifest.csv"
+LEDGER = "drops.csv"
+LEDGER_FIELDS = ["drop_id", "domain", "source", "accepted", "rejected", "data_version", "ingested_at"]
+DOCS_DIR = "_validation"
+
+
+class DropError(EarshotError):
+    """A drop that cannot be used as a whole: nothing is ingested."""
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    drop_id: str
+    domain: str
+    accepted: int
+    rejected: int
+    data_version: str
+    already_ingested: bool
+    quarantine: Path | None
+    docs_dir: Path | None
+    validation: ValidationReport | None
+    drop_rejected: str = ""  # why the drop failed as a whole; nothing was published then
+
+
+def read_drop(drop: Path, validation_percentage: float, testing_percentage: float) -> list[dict[str, object]]:
+    """The entries of a drop, from its manifest.csv or its Speech Commands layout; DropError if unusable."""
+    drop = Path(drop)
+    if not drop.is_dir():
+        raise DropError(f"{drop}: not a folder")
+    if (drop / MANIFEST).is_file():
+        entries = _manifest_entries(drop)
+    else:
+        clips, _ = index_speech_commands(drop, (validation_percentage, testing_percentage))
+        entries = [{"file": f"{c.word}/{c.path.name}", "path": c.path, "label": c.word, "speaker": c.speaker,
+                    "split": c.split} for c in clips]
+    if not entries:
+        raise DropError(f"{drop}: no audio files (expected {MANIFEST} or <word>/<speaker>_nohash_<n>.wav)")
+    for entry in entries:
+        if not entry["split"]:
+            entry["split"] = which_set(f"{entry['speaker']}_nohash_0.wav", validation_percentage, testing_percentage)
+    return entries
+
+
+def _manifest_entries(drop: Path) -> list[dict[str, object]]:
+    manifest = drop / MANIFEST
+    try:
+        rows = list(csv.DictReader(io.StringIO(manifest.read_text(encoding="utf-8", errors="strict"))))
+        header = set(rows[0]) if rows else set(next(csv.reader(io.StringIO(manifest.read_text())), []))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DropError(f"{manifest}: not a readable CSV ({err})") from None
+    missing = [c for c in ("path", "label", "speaker") if c not in header]
+    if missing:
+        raise DropError(f"{manifest}: missing column(s) {', '.join(missing)} (expected path,label,speaker[,split])")
+    root = drop.resolve()
+    entries = []
+    for row in rows:
+        given = (row.get("path") or "").strip()
+        target = (drop / given).resolve()
+        inside = bool(given) and target.is_relative_to(root) and target.is_file()
+        split = (row.get("split") or "").strip()
+        entries.append({"file": given, "path": target if inside else None, "label": (row.get("label") or "").strip(),
+                        "speaker": (row.get("speaker") or "").strip(), "split": split})
+    return entries
+
+
+def drop_fingerprint(facts: pd.DataFrame) -> str:
+    """A drop's identity: its entries and their content, so the same drop is recognised wherever it lies."""
+    lines = sorted(f"{r.file}\t{r.label}\t{r.speaker}\t{r.split}\t{r.sha256}" for r in facts.itertuples())
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def read_ledger(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(Path(path).open())) if Path(path).is_file() else []
+
+
+def ingested_domains(root: Path) -> dict[str, Path]:
+    """Domain name -> tree for every domain a drop has been published into (each carries its own ledger)."""
+    return {tree.parent.name: tree.parent for tree in sorted(Path(root).glob(f"*/{LEDGER}"))}
+
+
+def ledger_rows(root: Path) -> list[dict[str, str]]:
+    """Every ingested drop, oldest first, gathered from the domain trees that hold the data."""
+    rows = [row for tree in ingested_domains(root).values() for row in read_ledger(tree / LEDGER)]
+    return sorted(rows, key=lambda row: row["ingested_at"])
+
+
+def write_ledger(root: Path) -> None:
+    """Rebuild root/drops.csv, the one file `dvc repro` watches for new data, from the domain ledgers."""
+    write_text_atomically(Path(root) / LEDGER, _csv_text(ledger_rows(root), LEDGER_FIELDS))
+
+
+def _csv_text(rows: list[dict[str, object]], fields: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def held_clips(params: Params) -> tuple[set[str], dict[str, str]]:
+    """Content hashes and speaker -> split of every clip the pipeline already holds (base corpus and ingested)."""
+    hashes: set[str] = set()
+    speakers: dict[str, str] = {}
+    roots = list(params.dataset.domains.values()) + list(ingested_domains(params.ingest.root).values())
+    for root in roots:
+        if not Path(root).is_dir():
+            continue
+        for clip in index_speech_commands(root)[0]:
+            hashes.add(hashlib.sha256(clip.path.read_bytes()).hexdigest())
+            speakers.setdefault(clip.speaker, clip.split)
+    return hashes, speakers
+
+
+def data_version(trees: dict[str, Path]) -> str:
+    """Content hash of the manifest of every accepted file in the domain trees: the ingested data's version id."""
+    lines = sorted(f"{domain}/{path.relative_to(tree)} {hashlib.sha256(path.read_bytes()).hexdigest()}"
+                   for domain, tree in trees.items() for path in tree.rglob("*.wav"))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def recover_interrupted(root: Path) -> None:
+    """Finish or undo a publish a crash cut short: the old tree comes back, a half-built staging tree goes."""
+    for retired in Path(root).glob(".*.retired"):
+        final = retired.with_name(retired.name[1 : -len(".retired")])
+        if final.exists():
+            shutil.rmtree(retired)
+        else:
+            os.rename(retired, final)
+    for staging in Path(root).glob(".*.staging"):
+        shutil.rmtree(staging)
+    if Path(root).is_dir():
+        write_ledger(root)
+
+
+def _stored_speaker(speaker: str) -> str:
+    # Speaker ids name files; anything but plain letters and digits could climb out of the folder.
+    return speaker if speaker.isalnum() and len(speaker) <= 64 else hashlib.sha1(speaker.encode()).hexdigest()[:8]
+
+
+def publish_domain(root: Path, domain: str, accepted: list[dict], sample_rate: int, row: dict[str, object]) -> str:
+    """Add accepted files (normalised to `sample_rate` mono PCM_16) to the domain's tree; return the data version.
+
+    Built in a staging copy (hard links to the old files) with the domain's ledger row, swapped in by one rename:
+    a crash leaves the old tree and the old ledger, or the new tree and the new ledger, never half of either.
+    """
+    final, staging = root / domain, root / f".{domain}.staging"
+    retired = root / f".{domain}.retired"
+    shutil.rmtree(staging, ignore_errors=True)
+    if final.exists():
+        shutil.copytree(final, staging, copy_function=os.link)
+    else:
+        (staging / BACKGROUND_DIR).mkdir(parents=True)
+    lists = {split: (staging / name).read_text().split() if (staging / name).is_file() else []
+             for split, name in SPLIT_FILES.items()}
+    for entry in accepted:
+        wave, _ = read_audio(entry["path"], sample_rate)
+        speaker = _stored_speaker(entry["speaker"])
+        folder = staging / entry["label"]
+        folder.mkdir(exist_ok=True)
+        take = sum(1 for _ in folder.glob(f"{speaker}_nohash_*.wav"))
+        name = f"{entry['label']}/{speaker}_nohash_{take}.wav"
+        buffer = io.BytesIO()
+        sf.write(buffer, to_int16(np.clip(wave, -1.0, 1.0)), sample_rate, subtype="PCM_16", format="WAV")
+        (staging / name).write_bytes(buffer.getvalue())
+        if entry["split"] in lists:
+            lists[entry["split"]].append(name)
+    for split, name in SPLIT_FILES.items():
+        # A new file, not an edit: the staging list may be a hard link to the live one.
+        write_text_atomically(staging / name, "".join(f"{line}\n" for line in lists[split]))
+    version = data_version(ingested_domains(root) | {domain: staging})
+    rows = [*read_ledger(staging / LEDGER), row | {"data_version": version}]
+    write_text_atomically(staging / LEDGER, _csv_text(rows, LEDGER_FIELDS))
+    if final.exists():
+        os.rename(final, retired)
+    os.rename(staging, final)
+    shutil.rmtree(retired, ignore_errors=True)
+    write_ledger(root)
+    return version
+
+
+def write_quarantine(folder: Path, report: ValidationReport, entries: list[dict]) -> Path:
+    """Copy every rejected file (all of them if the drop failed as a whole) with reasons.csv; originals stay put."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {entry["file"]: entry["path"] for entry in entries}
+    rows = report.to_rows()
+    if not report.success:
+        rows += [{"file": f, "expectation": "drop rejected", "observed": "; ".join(
+            f"{r.expectation}: {r.observed}" for r in report.drop_failures)} for f in report.accepted]
+    for row in rows:
+        source = paths.get(row["file"])
+        if source is not None and source.is_file():
+            target = folder / "files" / row["file"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    with (folder / "reasons.csv").open("w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=["file", "expectation", "observed"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
+
+
+def ingest_drop(params: Params, drop: Path, domain: str, docs_root: Path, progress: bool = True) -> IngestReport:
+    """Validate a drop, quarantine its bad files, publish the good ones into `domain`, record the new version."""
+    cfg, syn = params.ingest, params.synthesis
+    root = Path(cfg.root)
+    root.mkdir(parents=True, exist_ok=True)
+    recover_interrupted(root)
+    if not domain.replace("_", "").replace("-", "").isalnum() or domain.startswith(("_", ".")):
+        raise DropError(f"{domain!r}: a domain name is letters, digits, '_' and '-'")
+    entries = read_drop(Path(drop), syn.validation_percentage, syn.testing_percentage)
+    held_hashes, held_speakers = held_clips(params)
+    facts = facts_frame(entries, held_hashes, held_speakers, progress=progress)
+    drop_id = drop_fingerprint(facts)
+    for row in ledger_rows(root):
+        if row["drop_id"] == drop_id:
+            return IngestReport(drop_id, row["domain"], int(row["accepted"]), int(row["rejected"]),
+                                row["data_version"], True, None, None, None)
+    vocabulary = set(params.dataset.words) | set(syn.unknown_words)
+    report = validate_drop(facts, cfg, vocabulary, sorted(vocabulary), docs_root / drop_id)
+    quarantine = None
+    if report.rejections or not report.success:
+        quarantine = write_quarantine(Path(cfg.quarantine) / f"{Path(drop).name}-{drop_id[:8]}", report, entries)
+    if not report.success:
+        reasons = "; ".join(f"{r.expectation}: {r.observed}" for r in report.drop_failures)
+        return IngestReport(drop_id, domain, 0, len(facts), "", False, quarantine, report.docs_dir, report,
+                            drop_rejected=f"{drop}: drop rejected ({reasons}); see {quarantine / 'reasons.csv'}")
+    kept = set(report.accepted)
+    accepted = [entry for entry in entries if entry["file"] in kept]
+    row = {"drop_id": drop_id, "domain": domain, "source": str(drop), "accepted": len(accepted),
+           "rejected": len(report.rejections), "ingested_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    version = publish_domain(root, domain, accepted, params.dataset.sample_rate, row)
+    return IngestReport(drop_id, domain, len(accepted), len(report.rejections), version, False, quarantine,
+                        report.docs_dir, report)
