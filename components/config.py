@@ -136,8 +136,8 @@ class Paths(Strict):
     features: Path = Path("data/features/kws.pt")
     model_dir: Path = Path("models/kws")
     reports: Path = Path("reports")
-    # Decoded clips by content hash; outside DVC's outputs so it survives a stage re-run.
-    clip_cache: Path = Path(".earshot/clips.npz")
+    # Decoded clips and log-mels by content hash; outside DVC's outputs so it survives a stage re-run.
+    clip_cache: Path = Path(".earshot/clips")
 
 
 class Params(Strict):

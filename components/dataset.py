@@ -21,6 +21,7 @@ from rich.progress import Progress
 
 from components.config import Dataset
 from components.errors import EarshotError
+from components.features import featurize
 from components.files import atomic_path
 
 SPLITS = ("training", "validation", "testing")
@@ -124,34 +125,69 @@ def to_int16(wave: np.ndarray) -> np.ndarray:
 
 
 class ClipCache:
-    """Decoded, length-fitted int16 clips keyed by content hash, kept between featurize runs.
+    """Decoded clips and their log-mels by content hash, kept between featurize runs in append-only shards.
 
     DVC re-runs a stage when one file of a folder changes; this cache makes a new drop cost only its own files.
+    A file whose size and mtime are unchanged is not even re-read, as DVC does for its own hashes.
     """
 
-    def __init__(self, path: Path | None) -> None:
-        self.path = Path(path) if path else None
-        self.clips: dict[str, np.ndarray] = {}
-        self.added = 0
-        if self.path and self.path.is_file():
-            stored = np.load(self.path)
-            self.clips = dict(zip(stored["hashes"].tolist(), stored["waves"], strict=True))
+    def __init__(self, folder: Path | None, key: str = "") -> None:
+        self.folder, self.key = (Path(folder) if folder else None), key
+        self.waves: dict[str, np.ndarray] = {}
+        self.mels: dict[str, np.ndarray] = {}
+        self.hashes: dict[str, str] = {}  # "path|size|mtime_ns" -> sha256 of the bytes
+        self.new: set[str] = set()
+        self.new_stats: set[str] = set()
+        for shard in self._shards():
+            with np.load(shard) as stored:
+                self.waves |= dict(zip(stored["hashes"].tolist(), stored["waves"], strict=True))
+                self.mels |= dict(zip(stored["hashes"].tolist(), stored["mels"], strict=True))
+                self.hashes |= dict(zip(stored["stat_keys"].tolist(), stored["stat_hashes"].tolist(), strict=True))
+
+    def _shards(self) -> list[Path]:
+        return sorted(self.folder.glob(f"{self.key}-*.npz")) if self.folder and self.folder.is_dir() else []
+
+    @property
+    def added(self) -> int:
+        return len(self.new)
 
     def clip(self, path: Path, sample_rate: int, samples: int) -> tuple[np.ndarray, str]:
         """The clip at `path` as int16 of exactly `samples`, decoded only if its content is new; with its hash."""
-        raw = Path(path).read_bytes()
-        digest = hashlib.sha256(raw).hexdigest()
-        if digest not in self.clips:
-            self.clips[digest] = to_int16(fit_length(decode_audio(raw, path, sample_rate), samples))
-            self.added += 1
-        return self.clips[digest], digest
+        info = Path(path).stat()
+        stat_key = f"{Path(path).resolve()}|{info.st_size}|{info.st_mtime_ns}"
+        digest = self.hashes.get(stat_key)
+        if digest is None or digest not in self.waves:
+            raw = Path(path).read_bytes()
+            digest = hashlib.sha256(raw).hexdigest()
+            self.hashes[stat_key] = digest
+            self.new_stats.add(stat_key)
+            if digest not in self.waves:
+                self.waves[digest] = to_int16(fit_length(decode_audio(raw, path, sample_rate), samples))
+                self.new.add(digest)
+        return self.waves[digest], digest
+
+    def log_mels(self, waves: torch.Tensor, content: list[str], front_end: torch.nn.Module) -> torch.Tensor:
+        """Log-mels of every row, computed only for rows whose content has none cached ("" rows: always)."""
+        missing = [i for i, digest in enumerate(content) if digest not in self.mels]
+        fresh = dict(zip(missing, featurize(waves[missing].float() / FULL_SCALE, front_end).numpy(), strict=True))
+        for i, mel in fresh.items():
+            if content[i]:
+                self.mels[content[i]] = mel
+        return torch.from_numpy(np.stack([fresh[i] if i in fresh else self.mels[d] for i, d in enumerate(content)]))
 
     def save(self) -> None:
-        if not self.path or not self.added:
+        """Write what this run added as one new shard; the old shards stay as they are."""
+        if not self.folder or not (self.new or self.new_stats):
             return
-        hashes = list(self.clips)
-        with atomic_path(self.path) as partial, partial.open("wb") as out:
-            np.savez(out, hashes=np.array(hashes), waves=np.stack([self.clips[h] for h in hashes]))
+        hashes = sorted(self.new)
+        stat_keys = sorted(self.new_stats)
+        shard = self.folder / f"{self.key}-{len(self._shards()):05d}.npz"
+        with atomic_path(shard) as partial, partial.open("wb") as out:
+            np.savez(out, hashes=np.array(hashes, dtype=str), stat_keys=np.array(stat_keys, dtype=str),
+                     stat_hashes=np.array([self.hashes[k] for k in stat_keys], dtype=str),
+                     waves=np.stack([self.waves[h] for h in hashes]) if hashes else np.empty((0, 0), np.int16),
+                     mels=np.stack([self.mels[h] for h in hashes]) if hashes else np.empty((0, 0, 0), np.float32))
+        self.new, self.new_stats = set(), set()
 
 
 @dataclass
@@ -166,6 +202,7 @@ class KwsData:
     label_names: list[str]
     domain_names: list[str]
     sources: list[str]  # file each clip came from ("<file>@<offset>" for silence cut from background)
+    content: list[str]  # sha256 of each clip's file ("" for silence cut from background)
     version: str
     mels: torch.Tensor = field(default_factory=lambda: torch.empty(0))
 
@@ -180,6 +217,7 @@ class KwsData:
             domains=self.domains[keep],
             splits=self.splits[keep],
             sources=[self.sources[i] for i in rows],
+            content=[self.content[i] for i in rows],
             mels=self.mels[keep] if len(self.mels) else self.mels,
         )
 
@@ -222,7 +260,7 @@ def build_dataset(
     labels = cfg.labels
     samples = cfg.clip_samples
     cache = cache or ClipCache(None)
-    waves, label_ids, domain_ids, split_ids, sources, noise = [], [], [], [], [], []
+    waves, label_ids, domain_ids, split_ids, sources, content, noise = [], [], [], [], [], [], []
     digests: list[str] = []
     roots = roots or {name: [root] for name, root in cfg.domains.items()}
     indexed = {}
@@ -241,6 +279,7 @@ def build_dataset(
                 domain_ids.append(d)
                 split_ids.append(SPLITS.index(ref.split))
                 sources.append(str(ref.path))
+                content.append(digest)
                 digests.append(f"{domain}/{ref.path.parent.name}/{ref.path.name} {digest}")
                 bar.advance(task)
             bar.advance(task, len(clips) - len(chosen))
@@ -261,8 +300,8 @@ def build_dataset(
                         domain_ids.append(d)
                         split_ids.append(SPLITS.index(split))
                         sources.append(f"{path}@{offset}")
+                        content.append("")
                 bar.advance(task)
-    cache.save()
     folders = ", ".join(str(tree) for trees in roots.values() for tree in trees)
     for i, split in enumerate(SPLITS):
         if i not in split_ids:
@@ -274,8 +313,9 @@ def build_dataset(
         splits=torch.tensor(split_ids),
         noise=torch.from_numpy(np.concatenate(noise)) if noise else torch.zeros(samples, dtype=torch.int16),
         label_names=labels,
-        domain_names=list(cfg.domains),
+        domain_names=list(roots),
         sources=sources,
+        content=content,
         version=hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()[:16],
     )
 

@@ -109,7 +109,9 @@ def read_ledger(path: Path) -> list[dict[str, str]]:
 
 def ingested_domains(root: Path) -> dict[str, Path]:
     """Domain name -> tree for every domain a drop has been published into (each carries its own ledger)."""
-    return {tree.parent.name: tree.parent for tree in sorted(Path(root).glob(f"*/{LEDGER}"))}
+    # pathlib's "*" also matches dot-folders, and a staging tree must never count as published.
+    return {tree.parent.name: tree.parent for tree in sorted(Path(root).glob(f"*/{LEDGER}"))
+            if not tree.parent.name.startswith((".", "_"))}
 
 
 def ledger_rows(root: Path) -> list[dict[str, str]]:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -20,7 +21,7 @@ from components.corpus import synthesize_corpus
 from components.dataset import ClipCache, KwsData, build_dataset
 from components.evaluate import Evaluation, evaluate_predictions, plot_confusion, predict
 from components.export import ExportReport, export_models
-from components.features import LogMel, featurize
+from components.features import LogMel
 from components.files import write_text_atomically
 from components.ingest import LEDGER, DropError, IngestReport, ingest_drop, ingested_domains
 from components.model import count_parameters, load_model, save_model
@@ -58,10 +59,14 @@ def domain_roots(params: Params) -> dict[str, list[Path]]:
 
 def featurize_stage(params: Params) -> KwsData:
     """Decode every clip once, cut silence, sample unknowns, compute log-mels, and cache it all in one file."""
+    front_end = LogMel(params.features, params.dataset.sample_rate)
+    key = hashlib.sha256(json.dumps([params.dataset.sample_rate, params.dataset.clip_samples,
+                                     params.features.model_dump()]).encode()).hexdigest()[:12]
+    cache = ClipCache(params.paths.clip_cache, key)
     data = build_dataset(params.dataset, params.seed, params.synthesis.validation_percentage,
-                         params.synthesis.testing_percentage, roots=domain_roots(params),
-                         cache=ClipCache(params.paths.clip_cache))
-    data.mels = featurize(data.float_waves(), LogMel(params.features, params.dataset.sample_rate))
+                         params.synthesis.testing_percentage, roots=domain_roots(params), cache=cache)
+    data.mels = cache.log_mels(data.waves, data.content, front_end)
+    cache.save()
     data.save(params.paths.features)
     return data
 

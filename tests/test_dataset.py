@@ -3,7 +3,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from components.config import Dataset
+from components.config import Dataset, Features
 from components.dataset import (
     SPLITS,
     AudioError,
@@ -14,6 +14,7 @@ from components.dataset import (
     read_audio,
     which_set,
 )
+from components.features import LogMel, featurize
 from tests.conftest import tone, write_tree
 
 WORDS = {"yes": 300.0, "no": 500.0, "up": 700.0, "bed": 900.0}
@@ -98,15 +99,27 @@ def test_empty_split_is_a_clear_error(tmp_path):
         build_dataset(dataset_cfg(root), seed=1, progress=False)
 
 
-def test_clip_cache_decodes_only_new_content(tmp_path):
+def test_clip_cache_decodes_and_featurizes_only_new_content(tmp_path):
     root = write_tree(tmp_path / "sc", WORDS, SPEAKERS)
-    cfg = dataset_cfg(root)
-    first = ClipCache(tmp_path / "clips.npz")
-    data = build_dataset(cfg, seed=1, validation_percentage=20, testing_percentage=20, progress=False, cache=first)
+    cfg, front_end = dataset_cfg(root), LogMel(Features(), 16000)
+
+    def load(cache: ClipCache) -> KwsData:
+        data = build_dataset(cfg, seed=1, validation_percentage=20, testing_percentage=20, progress=False, cache=cache)
+        data.mels = cache.log_mels(data.waves, data.content, front_end)
+        return data
+
+    first = ClipCache(tmp_path / "clips", "k")
+    data = load(first)
     assert first.added == len(data.labels) - int((data.labels == 3).sum())  # every clip but cut silence
+    assert torch.allclose(data.mels, featurize(data.float_waves(), front_end))
+    first.save()
     sf.write(root / "no" / f"{SPEAKERS[3]}_nohash_0.wav", tone(1234.5), 16000, subtype="PCM_16")
-    second = ClipCache(tmp_path / "clips.npz")
-    again = build_dataset(cfg, seed=1, validation_percentage=20, testing_percentage=20, progress=False, cache=second)
-    assert second.added == 1
+    second = ClipCache(tmp_path / "clips", "k")
+    again = load(second)
+    assert second.added == 1 and second.new_stats == {next(k for k in second.new_stats if "00001003" in k)}
+    second.save()  # only the rewritten file was re-read, and only it goes into the new shard
+    assert len(list((tmp_path / "clips").glob("k-*.npz"))) == 2
     fresh = build_dataset(cfg, seed=1, validation_percentage=20, testing_percentage=20, progress=False)
     assert torch.equal(again.waves, fresh.waves) and again.version == fresh.version
+    assert torch.allclose(again.mels, featurize(fresh.float_waves(), front_end))
+    assert ClipCache(tmp_path / "clips", "other-settings").waves == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 import yaml
 from prefect.testing.utilities import prefect_test_harness
 
@@ -114,3 +116,24 @@ def test_prefect_flow_runs_the_same_stages_against_a_real_mlflow_store(prefect_a
     logged = client.get_run(result["run_id"])
     assert logged.data.metrics["test_accuracy"] == pytest.approx(result["accuracy"])
     assert (params.paths.model_dir / "model.int8.onnx").is_file()
+
+
+def test_ingested_drop_is_a_new_data_version_in_git_and_dvc_and_repro_picks_it_up(dvc_repo, tmp_path):
+    run(["git", "add", "-A"], dvc_repo)
+    run(["git", "commit", "-qm", "pipeline"], dvc_repo)
+    params = Params.model_validate(yaml.safe_load((dvc_repo / "params.yaml").read_text()))
+    drop = tmp_path / "drop"
+    run(["earshot", "drop", "kitchen_caribbean", str(drop), "--speakers", "4"], dvc_repo)
+    done = run(["earshot", "ingest", str(drop), "--domain", "kitchen"], dvc_repo)
+    assert "data version" in done.stdout
+    head = run(["git", "log", "-1", "--format=%s"], dvc_repo).stdout
+    version = next(r for r in csv.DictReader((dvc_repo / params.ingest.root / "drops.csv").open()))["data_version"]
+    assert version in head
+    assert (dvc_repo / "data/domains/kitchen.dvc").is_file()
+    assert "kitchen" not in run(["git", "status", "--porcelain"], dvc_repo).stdout
+    status = json.loads(run(["dvc", "status", "--json"], dvc_repo).stdout)
+    assert set(status) == {"featurize"}  # the data itself is clean; only the stage that reads it is stale
+    ran = run(["dvc", "repro", "featurize"], dvc_repo).stdout
+    assert "Running stage 'featurize'" in ran
+    features = torch.load(dvc_repo / "data/features/kws.pt", weights_only=False)
+    assert "kitchen" in features["domain_names"]

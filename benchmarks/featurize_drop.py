@@ -1,0 +1,72 @@
+"""Benchmark: featurize after a drop of ~10 % new files vs. featurize from scratch, measured in one run.
+
+The content-hash clip cache should make a drop cost only its own files: the target ratio is <= 0.20.
+Run: `.venv/bin/python benchmarks/featurize_drop.py [--speakers N]` (default params.yaml sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from components.config import Params
+from components.corpus import synthesize_corpus
+from components.dataset import index_speech_commands
+from components.drops import write_drop
+from components.ingest import ingest_drop
+from pipelines.stages import featurize_stage
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--share", type=float, default=0.10, help="size of the drop relative to the corpus")
+    parser.add_argument("--out", type=Path, default=PROJECT / "benchmarks" / "results.json")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="earshot-bench-"))
+    settings = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    settings["paths"] = {k: str(work / v) for k, v in settings["paths"].items()}
+    settings["synthesis"]["out_dir"] = str(work / "data/synth")
+    settings["dataset"]["domains"] = {k: str(work / "data/synth" / k) for k in settings["synthesis"]["domains"]}
+    settings["ingest"] |= {"root": str(work / "data/domains"), "quarantine": str(work / "data/quarantine")}
+    params = Params.model_validate(settings)
+    synthesize_corpus(params)
+    corpus_files = sum(len(index_speech_commands(p)[0]) for p in params.dataset.domains.values())
+    words = len(params.dataset.words) + len(params.synthesis.unknown_words)
+    speakers = max(1, round(corpus_files * args.share / words))
+    drop = write_drop(params, "kitchen_caribbean", work / "drop", speakers=speakers, progress=False)
+
+    scratch = timed(lambda: featurize_stage(params))
+    ingest_drop(params, drop, "kitchen_caribbean", work / "docs", progress=False)
+    after_drop = timed(lambda: featurize_stage(params))
+    drop_files = len(list((work / "data/domains/kitchen_caribbean").glob("*/*.wav")))
+
+    table = Table(title="featurize: after a drop vs. from scratch (one run)")
+    for column in ("case", "files in corpus", "seconds", "ratio"):
+        table.add_column(column, justify="right" if column != "case" else "left")
+    table.add_row("from scratch", str(corpus_files), f"{scratch:.2f}", "1.00")
+    table.add_row(f"after a drop of {drop_files} files ({drop_files / corpus_files:.0%})",
+                  str(corpus_files + drop_files), f"{after_drop:.2f}", f"{after_drop / scratch:.2f}")
+    Console().print(table)
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results["featurize_drop"] = {"corpus_files": corpus_files, "drop_files": drop_files, "scratch_s": scratch,
+                                 "after_drop_s": after_drop, "ratio": after_drop / scratch}
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
