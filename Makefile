@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,8 +22,11 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
+bench: install
+	$(PY) benchmarks/featurize_drop.py
+
 lint: install
 	ruff check .
 
 clean:
-	rm -rf data/synth data/features models reports mlflow.db mlruns .dvc-remote
+	rm -rf data/synth data/features models reports mlflow.db mlruns .dvc-remote .earshot
