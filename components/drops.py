@@ -24,6 +24,7 @@ from components.config import Params
 from components.corpus import clip_name, render_domain
 from components.dataset import SPLIT_FILES, ClipRef, index_speech_commands
 from components.errors import EarshotError
+from components.ingest import MANIFEST
 
 Layout = Literal["speech_commands", "manifest"]
 Fault = Literal[
@@ -55,7 +56,6 @@ NEEDS_HELD: set[Fault] = {"speaker_conflict", "duplicate_held"}
 # A Speech Commands tree names files by their place in it, so it has no way to point outside itself.
 MANIFEST_ONLY: set[Fault] = {"path_escape"}
 
-MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ["path", "label", "speaker", "split"]
 FAULTS_FILE = "faults.csv"
 FAULTS_COLUMNS = ["file", "fault", "expected_expectation"]

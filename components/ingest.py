@@ -35,7 +35,6 @@ from components.validate import ValidationReport, facts_frame, validate_drop
 MANIFEST = "manifest.csv"
 LEDGER = "drops.csv"
 LEDGER_FIELDS = ["drop_id", "domain", "source", "accepted", "rejected", "data_version", "ingested_at"]
-DOCS_DIR = "_validation"
 
 
 class DropError(EarshotError):

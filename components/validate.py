@@ -112,17 +112,18 @@ def facts_frame(
 ) -> pd.DataFrame:
     """One row of FACT_COLUMNS per drop entry: its audio facts plus the cross-file facts no single file shows.
 
-    A duplicate repeats held bytes or an earlier row of the drop; a speaker conflict would leak a held speaker
-    into another split.
+    A duplicate repeats held bytes or an earlier row of the drop; a speaker conflict would leak a speaker held
+    in one split (or placed there by an earlier row of the drop) into another split.
     """
     rows = []
     seen = set(held_hashes)
+    speaker_splits = dict(held_speaker_splits)
     with Progress(disable=not progress or len(entries) < PROGRESS_MIN_FILES, transient=True) as bar:
         task = bar.add_task("probing audio", total=len(entries))
         for entry in entries:
             path, speaker, split = entry["path"], entry["speaker"], entry["split"]
             facts = probe_audio(path) if path is not None else UNREAD
-            held_split = held_speaker_splits.get(speaker)
+            held_split = speaker_splits.setdefault(speaker, split)
             rows.append({"file": entry["file"], "label": entry["label"], "speaker": speaker, "split": split,
                          "path_ok": path is not None, **facts,
                          "duplicate": bool(facts["sha256"]) and facts["sha256"] in seen,

@@ -164,3 +164,13 @@ def test_an_expectation_that_cannot_run_is_an_error_not_a_pass(tmp_path: Path) -
     facts = facts_frame([], set(), {}, progress=False).drop(columns="duplicate")
     with pytest.raises(ValidationError, match="duplicate"):
         validate_drop(facts, Ingest(), set(WORDS), LABELS, tmp_path / "docs")
+
+
+def test_one_speaker_in_two_splits_of_the_same_drop_is_a_conflict(tmp_path):
+    clips = []
+    for i, split in enumerate(["training", "training", "testing"]):
+        path = tmp_path / f"{i}.wav"
+        sf.write(path, np.sin(np.linspace(0, 300 * (i + 1), 16000)).astype(np.float32) * 0.3, 16000)
+        clips.append({"file": path.name, "path": path, "label": "yes", "speaker": "abc", "split": split})
+    facts = facts_frame(clips, held_hashes=set(), held_speaker_splits={}, progress=False)
+    assert facts["speaker_conflict"].tolist() == [False, False, True]
