@@ -141,13 +141,16 @@ class ClipCache:
         self.new: set[str] = set()
         self.new_stats: set[str] = set()
         for shard in self._shards():
-            with np.load(shard) as stored:
-                self.waves |= dict(zip(stored["hashes"].tolist(), stored["waves"], strict=True))
-                self.mels |= dict(zip(stored["hashes"].tolist(), stored["mels"], strict=True))
-                self.hashes |= dict(zip(stored["stat_keys"].tolist(), stored["stat_hashes"].tolist(), strict=True))
+            # Memory-mapped: opening the cache reads nothing; only the rows a run uses are paged in.
+            hashes = np.load(shard / "hashes.npy").tolist()
+            # np.asarray drops the memmap subclass, whose per-row views cost more than the rows themselves.
+            self.waves |= dict(zip(hashes, np.asarray(np.load(shard / "waves.npy", mmap_mode="r")), strict=True))
+            self.mels |= dict(zip(hashes, np.asarray(np.load(shard / "mels.npy", mmap_mode="r")), strict=True))
+            stat_keys, stat_hashes = np.load(shard / "stat_keys.npy"), np.load(shard / "stat_hashes.npy")
+            self.hashes |= dict(zip(stat_keys.tolist(), stat_hashes.tolist(), strict=True))
 
     def _shards(self) -> list[Path]:
-        return sorted(self.folder.glob(f"{self.key}-*.npz")) if self.folder and self.folder.is_dir() else []
+        return sorted(self.folder.glob(f"{self.key}-*[0-9]")) if self.folder and self.folder.is_dir() else []
 
     @property
     def added(self) -> int:
@@ -184,12 +187,17 @@ class ClipCache:
             return
         hashes = sorted(self.new)
         stat_keys = sorted(self.new_stats)
-        shard = self.folder / f"{self.key}-{len(self._shards()):05d}.npz"
-        with atomic_path(shard) as partial, partial.open("wb") as out:
-            np.savez(out, hashes=np.array(hashes, dtype=str), stat_keys=np.array(stat_keys, dtype=str),
-                     stat_hashes=np.array([self.hashes[k] for k in stat_keys], dtype=str),
-                     waves=np.stack([self.waves[h] for h in hashes]) if hashes else np.empty((0, 0), np.int16),
-                     mels=np.stack([self.mels[h] for h in hashes]) if hashes else np.empty((0, 0, 0), np.float32))
+        arrays = {
+            "hashes": np.array(hashes, dtype=str),
+            "stat_keys": np.array(stat_keys, dtype=str),
+            "stat_hashes": np.array([self.hashes[k] for k in stat_keys], dtype=str),
+            "waves": np.stack([self.waves[h] for h in hashes]) if hashes else np.empty((0, 0), np.int16),
+            "mels": np.stack([self.mels[h] for h in hashes]) if hashes else np.empty((0, 0, 0), np.float32),
+        }
+        with atomic_path(self.folder / f"{self.key}-{len(self._shards()):05d}") as partial:
+            partial.mkdir(parents=True)
+            for name, array in arrays.items():
+                np.save(partial / f"{name}.npy", array)
         self.new, self.new_stats = set(), set()
 
 
