@@ -6,7 +6,6 @@ against known-bad input instead of whatever a real vendor happens to send.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import shutil
@@ -24,6 +23,7 @@ from components.config import Params
 from components.corpus import clip_name, render_domain
 from components.dataset import SPLIT_FILES, ClipRef, index_speech_commands
 from components.errors import EarshotError
+from components.files import write_csv
 from components.ingest import MANIFEST
 
 Layout = Literal["speech_commands", "manifest"]
@@ -129,7 +129,8 @@ def write_drop(
     planted = _plant(kinds, clips, held, params, rng)
     _write(out, layout, clips)
     if faults:
-        _write_csv(out / FAULTS_FILE, FAULTS_COLUMNS, [[c.path(layout), k, EXPECTATIONS[k]] for k, c in planted])
+        write_csv(out / FAULTS_FILE, [dict(zip(FAULTS_COLUMNS, (c.path(layout), k, EXPECTATIONS[k]), strict=True))
+                                      for k, c in planted], FAULTS_COLUMNS)
     return out
 
 
@@ -260,14 +261,9 @@ def _write(out: Path, layout: Layout, clips: list[_Clip]) -> None:
             target.write_bytes(clip.data)
     if layout == "manifest":
         rows = sorted([c.path(layout), c.label, c.speaker, c.split] for c in clips)
-        _write_csv(out / MANIFEST, MANIFEST_COLUMNS, rows)
+        write_csv(out / MANIFEST, [dict(zip(MANIFEST_COLUMNS, row, strict=True)) for row in rows], MANIFEST_COLUMNS)
         return
     for split, name in SPLIT_FILES.items():
         (out / name).write_text("".join(f"{p}\n" for p in sorted(c.path(layout) for c in clips if c.split == split)))
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 from collections.abc import Iterator
@@ -29,3 +31,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def write_text_atomically(path: Path, text: str) -> None:
     with atomic_path(path) as partial:
         partial.write_text(text)
+
+
+def write_csv(path: Path, rows: list[dict[str, object]], fields: list[str]) -> None:
+    """A CSV with a header, "\n" line ends (so git sees no churn), written atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomically(path, buffer.getvalue())

@@ -29,7 +29,7 @@ from components.dataset import (
     which_set,
 )
 from components.errors import EarshotError
-from components.files import write_text_atomically
+from components.files import write_csv, write_text_atomically
 from components.validate import ValidationReport, facts_frame, validate_drop
 
 MANIFEST = "manifest.csv"
@@ -121,15 +121,7 @@ def ledger_rows(root: Path) -> list[dict[str, str]]:
 
 def write_ledger(root: Path) -> None:
     """Rebuild root/drops.csv, the one file `dvc repro` watches for new data, from the domain ledgers."""
-    write_text_atomically(Path(root) / LEDGER, _csv_text(ledger_rows(root), LEDGER_FIELDS))
-
-
-def _csv_text(rows: list[dict[str, object]], fields: list[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+    write_csv(Path(root) / LEDGER, ledger_rows(root), LEDGER_FIELDS)
 
 
 def held_clips(params: Params) -> tuple[set[str], dict[str, str]]:
@@ -204,7 +196,7 @@ def publish_domain(root: Path, domain: str, accepted: list[dict], sample_rate: i
         write_text_atomically(staging / name, "".join(f"{line}\n" for line in lists[split]))
     version = data_version(ingested_domains(root) | {domain: staging})
     rows = [*read_ledger(staging / LEDGER), row | {"data_version": version}]
-    write_text_atomically(staging / LEDGER, _csv_text(rows, LEDGER_FIELDS))
+    write_csv(staging / LEDGER, rows, LEDGER_FIELDS)
     if final.exists():
         os.rename(final, retired)
     os.rename(staging, final)
@@ -227,10 +219,7 @@ def write_quarantine(folder: Path, report: ValidationReport, entries: list[dict]
             target = folder / "files" / row["file"]
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
-    with (folder / "reasons.csv").open("w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=["file", "expectation", "observed"])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(folder / "reasons.csv", rows, ["file", "expectation", "observed"])
     return folder
 
 

@@ -5,9 +5,7 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from components.dataset import ClipCache, KwsData, build_dataset
 from components.evaluate import Evaluation, evaluate_predictions, plot_confusion, predict
 from components.export import ExportReport, export_models
 from components.features import LogMel
-from components.files import write_text_atomically
+from components.files import write_csv, write_text_atomically
 from components.ingest import LEDGER, DropError, IngestReport, ingest_drop, ingested_domains
 from components.model import count_parameters, load_model, save_model
 from components.tracking import resume_run, training_run, use_store
@@ -90,7 +88,7 @@ def train(params: Params) -> str:
             signature = infer_signature(example, result.model(torch.from_numpy(example)).numpy())
         mlflow.pytorch.log_model(result.model, name="model", input_example=example, signature=signature)
         write_json(out / "train_metrics.json", summary)
-        _write_csv(out / "history.csv", result.history)
+        write_csv(out / "history.csv", result.history, list(result.history[0]))
         return run.info.run_id
 
 
@@ -108,8 +106,9 @@ def evaluate(params: Params) -> Evaluation:
     reports = params.paths.reports
     write_json(reports / "metrics.json", evaluation.metrics())
     names = test.label_names
-    _write_csv(reports / "confusion.csv", [{"actual": names[a], "predicted": names[p]}
-                                            for a, p in zip(test.labels.tolist(), evaluation.predictions, strict=True)])
+    write_csv(reports / "confusion.csv", [{"actual": names[a], "predicted": names[p]}
+                                          for a, p in zip(test.labels.tolist(), evaluation.predictions, strict=True)],
+              ["actual", "predicted"])
     plot_confusion(evaluation, names, reports / "confusion.png")
     with resume_run(params, run_file(params)):
         mlflow.log_metrics({"test_accuracy": evaluation.accuracy}
@@ -158,14 +157,6 @@ def ingest(params: Params, drop: Path, domain: str) -> IngestReport:
     if report.drop_rejected:
         raise DropError(report.drop_rejected)
     return report
-
-
-def _write_csv(path: Path, rows: list[dict[str, object]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [])
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomically(path, buffer.getvalue())
 
 
 STAGES = {"synthesize": synthesize, "featurize": featurize_stage, "train": train, "evaluate": evaluate,
