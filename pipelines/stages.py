@@ -21,7 +21,7 @@ from components.evaluate import Evaluation, evaluate_predictions, plot_confusion
 from components.export import ExportReport, export_models
 from components.features import LogMel
 from components.files import write_csv, write_text_atomically
-from components.ingest import LEDGER, DropError, IngestReport, ingest_drop, ingested_domains
+from components.ingest import LEDGER, DropError, IngestReport, ingest_drop, ingested_domains, ledger_rows
 from components.model import count_parameters, load_model, save_model
 from components.tracking import resume_run, training_run, use_store
 from components.train import train_model
@@ -40,11 +40,6 @@ def run_file(params: Params) -> Path:
 
 def write_json(path: Path, payload: object) -> None:
     write_text_atomically(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
-
-
-def synthesize(params: Params) -> dict[str, Path]:
-    """Write one Speech Commands tree per acoustic domain recipe."""
-    return synthesize_corpus(params)
 
 
 def domain_roots(params: Params) -> dict[str, list[Path]]:
@@ -73,7 +68,10 @@ def train(params: Params) -> str:
     """Train the keyword spotter, log it to MLflow with the data version, and save weights with their card."""
     data = KwsData.load(params.paths.features)
     out = params.paths.model_dir
-    with training_run(params, run_file(params), tags={"dataset_version": data.version, "track": "kws"}) as run:
+    ledger = ledger_rows(params.ingest.root)
+    tags = {"dataset_version": data.version, "track": "kws",
+            "ingested_data_version": ledger[-1]["data_version"] if ledger else "none"}
+    with training_run(params, run_file(params), tags=tags) as run:
         result = train_model(data, params, checkpoint=out / "checkpoint.pt", on_epoch=_report_epoch)
         card = {"label_names": data.label_names, "domain_names": data.domain_names,
                 "features": params.features.model_dump(), "model": params.model.model_dump(),
@@ -159,5 +157,5 @@ def ingest(params: Params, drop: Path, domain: str) -> IngestReport:
     return report
 
 
-STAGES = {"synthesize": synthesize, "featurize": featurize_stage, "train": train, "evaluate": evaluate,
+STAGES = {"synthesize": synthesize_corpus, "featurize": featurize_stage, "train": train, "evaluate": evaluate,
           "export": export}

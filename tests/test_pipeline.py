@@ -137,3 +137,7 @@ def test_ingested_drop_is_a_new_data_version_in_git_and_dvc_and_repro_picks_it_u
     assert "Running stage 'featurize'" in ran
     features = torch.load(dvc_repo / "data/features/kws.pt", weights_only=False)
     assert "kitchen" in features["domain_names"]
+    run(["dvc", "repro", "train"], dvc_repo)
+    run_id = json.loads((dvc_repo / "models/kws/run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{dvc_repo / 'mlflow.db'}")
+    assert client.get_run(run_id).data.tags["ingested_data_version"] == version
