@@ -130,6 +130,16 @@ class Ingest(Strict):
     min_files: PositiveInt = 1
 
 
+class Gate(Strict):
+    """What a challenger must show before it may replace the champion; accuracies are fractions, drops in points."""
+
+    max_domain_regression_points: Annotated[float, Field(ge=0.0)] = 1.0
+    min_new_domain_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] = 0.90
+    min_int8_parity: Annotated[float, Field(ge=0.0, le=1.0)] = 0.99
+    max_int8_latency_ms: Annotated[float, Field(gt=0.0)] = 2.0
+    max_int8_size_kib: Annotated[float, Field(gt=0.0)] = 256.0
+
+
 class Paths(Strict):
     """Where stages put their outputs; dvc.yaml reads the same keys, so there is one list of paths."""
 
@@ -152,6 +162,7 @@ class Params(Strict):
     train: Train = Train()
     export: Export = Export()
     ingest: Ingest = Ingest()
+    gate: Gate = Gate()
 
     @model_validator(mode="after")
     def _ranges_are_ordered(self) -> Params:

@@ -1,0 +1,104 @@
+"""The regression gate: a challenger replaces the champion only if no acoustic domain gets worse.
+
+An average can improve while one accent or room collapses; the gate checks every domain, the new one, the
+INT8 artefact and pinned golden clips, and reports each check with its figure and threshold.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from components.config import Gate
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What the gate needs to know about one model: test figures, INT8 figures and golden-clip predictions."""
+
+    accuracy: float
+    per_domain: dict[str, float]
+    int8_parity: float
+    int8_latency_ms: float
+    int8_size_bytes: int
+    golden: dict[str, str] = field(default_factory=dict)  # clip id -> predicted label
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    observed: str
+    threshold: str
+
+
+@dataclass(frozen=True)
+class GateReport:
+    checks: tuple[Check, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [check for check in self.checks if not check.passed]
+
+    def to_json(self) -> str:
+        return json.dumps({"passed": self.passed, "checks": [asdict(c) for c in self.checks]}, indent=2) + "\n"
+
+    def to_markdown(self) -> str:
+        """The report as a table, for a Prefect artifact, an MLflow run and a model version's description."""
+        verdict = "PASSED" if self.passed else "REFUSED"
+        lines = [f"## Gate {verdict}", "", "| check | result | observed | threshold |", "|---|---|---|---|"]
+        lines += [f"| {c.name} | {'pass' if c.passed else '**fail**'} | {c.observed} | {c.threshold} |"
+                  for c in self.checks]
+        return "\n".join(lines) + "\n"
+
+
+def gate_challenger(
+    challenger: Candidate,
+    champion: Candidate | None,
+    cfg: Gate,
+    new_domain: str | None = None,
+    golden_labels: dict[str, str] | None = None,
+) -> GateReport:
+    """Every check the challenger must pass; with no champion yet, only the absolute checks apply.
+
+    Both candidates must be scored on the same current test sets (the champion re-scored after a drop, new domain
+    included), or "overall" and "per domain" would compare different data.
+    """
+    checks: list[Check] = []
+    if champion is not None:
+        for domain, before in sorted(champion.per_domain.items()):
+            after = challenger.per_domain.get(domain)
+            drop = (before - after) * 100 if after is not None else float("inf")
+            # A tolerance of float noise: a drop of exactly the allowed points must pass.
+            checks.append(Check(f"no regression on {domain}", drop <= cfg.max_domain_regression_points + 1e-9,
+                                f"{_pct(after)} (was {_pct(before)})",
+                                f"drop ≤ {cfg.max_domain_regression_points:.1f} points"))
+        checks.append(Check("overall accuracy not lower", challenger.accuracy >= champion.accuracy,
+                            f"{_pct(challenger.accuracy)} (was {_pct(champion.accuracy)})",
+                            f"≥ {_pct(champion.accuracy)}"))
+    if new_domain is not None:
+        reached = challenger.per_domain.get(new_domain)
+        checks.append(Check(f"new domain {new_domain}", reached is not None and reached >= cfg.min_new_domain_accuracy,
+                            _pct(reached), f"≥ {_pct(cfg.min_new_domain_accuracy)}"))
+    checks += [
+        Check("INT8 parity with PyTorch", challenger.int8_parity >= cfg.min_int8_parity,
+              _pct(challenger.int8_parity), f"≥ {_pct(cfg.min_int8_parity)}"),
+        Check("INT8 latency (1 thread, p50)", challenger.int8_latency_ms <= cfg.max_int8_latency_ms,
+              f"{challenger.int8_latency_ms:.3f} ms", f"≤ {cfg.max_int8_latency_ms:.3f} ms"),
+        Check("INT8 size", challenger.int8_size_bytes / 1024 <= cfg.max_int8_size_kib,
+              f"{challenger.int8_size_bytes / 1024:.1f} KiB", f"≤ {cfg.max_int8_size_kib:.1f} KiB"),
+    ]
+    if golden_labels:
+        changed = sorted(clip for clip, label in golden_labels.items() if challenger.golden.get(clip) != label)
+        checks.append(Check("golden clips keep their labels", not changed,
+                            f"{len(changed)} of {len(golden_labels)} changed" + (f": {', '.join(changed[:5])}"
+                                                                                  if changed else ""), "0 changed"))
+    return GateReport(tuple(checks))
+
+
+def _pct(value: float | None) -> str:
+    return "missing" if value is None else f"{value:.2%}"

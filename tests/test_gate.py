@@ -1,0 +1,78 @@
+import json
+
+import pytest
+
+from components.config import Gate
+from components.gate import Candidate, gate_challenger
+
+CFG = Gate(max_domain_regression_points=1.0, min_new_domain_accuracy=0.9, min_int8_parity=0.99,
+           max_int8_latency_ms=2.0, max_int8_size_kib=256.0)
+
+
+def candidate(per_domain: dict[str, float], **extra) -> Candidate:
+    figures = {"accuracy": sum(per_domain.values()) / len(per_domain), "per_domain": per_domain,
+               "int8_parity": 0.995, "int8_latency_ms": 0.3, "int8_size_bytes": 52_000} | extra
+    return Candidate(**figures)
+
+
+CHAMPION = candidate({"studio_us": 0.97, "office_uk": 0.96})
+# The champion re-scored on today's test sets, the new domain included, as the gate requires.
+CHAMPION_AFTER_DROP = candidate({"studio_us": 0.97, "office_uk": 0.96, "car": 0.60})
+
+
+def failed(report) -> set[str]:
+    return {check.name for check in report.failures}
+
+
+def test_a_better_challenger_passes_every_check():
+    report = gate_challenger(candidate({"studio_us": 0.975, "office_uk": 0.965, "car": 0.93}), CHAMPION_AFTER_DROP,
+                             CFG, new_domain="car")
+    assert report.passed, report.to_markdown()
+    assert len(report.checks) == 3 + 1 + 1 + 3  # per domain, overall, new domain, three INT8 checks
+
+
+def test_one_domain_collapsing_is_refused_even_when_the_average_improves():
+    challenger = candidate({"studio_us": 0.999, "office_uk": 0.94})  # average 0.9695 > 0.965, office -2 points
+    assert challenger.accuracy > CHAMPION.accuracy
+    report = gate_challenger(challenger, CHAMPION, CFG)
+    assert not report.passed and failed(report) == {"no regression on office_uk"}
+    [check] = report.failures
+    assert check.observed == "94.00% (was 96.00%)" and "1.0 points" in check.threshold
+
+
+def test_a_drop_of_exactly_the_allowed_points_passes():
+    report = gate_challenger(candidate({"studio_us": 0.98, "office_uk": 0.95}), CHAMPION, CFG)
+    assert "no regression on office_uk" not in failed(report)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"per_domain": {"studio_us": 0.98}}, "no regression on office_uk"),
+        ({"int8_parity": 0.98}, "INT8 parity with PyTorch"),
+        ({"int8_latency_ms": 2.5}, "INT8 latency (1 thread, p50)"),
+        ({"int8_size_bytes": 300 * 1024}, "INT8 size"),
+    ],
+)
+def test_each_check_can_refuse(changes, expected):
+    figures = {"accuracy": 0.99, "per_domain": {"studio_us": 0.98, "office_uk": 0.97}, "int8_parity": 0.995,
+               "int8_latency_ms": 0.3, "int8_size_bytes": 52_000} | changes
+    assert expected in failed(gate_challenger(Candidate(**figures), CHAMPION, CFG))
+
+
+def test_new_domain_below_its_floor_and_golden_clips_that_change_are_refused():
+    challenger = candidate({"studio_us": 0.97, "office_uk": 0.96, "car": 0.85},
+                           golden={"a": "yes", "b": "no", "c": "up"})
+    report = gate_challenger(challenger, CHAMPION_AFTER_DROP, CFG, new_domain="car",
+                             golden_labels={"a": "yes", "b": "stop", "c": "up"})
+    assert failed(report) == {"new domain car", "golden clips keep their labels"}
+    assert next(c for c in report.failures if c.name.startswith("golden")).observed == "1 of 3 changed: b"
+
+
+def test_first_model_has_no_champion_to_compare_with_and_reports_render():
+    report = gate_challenger(candidate({"studio_us": 0.96}), None, CFG)
+    assert report.passed and all("regression" not in c.name for c in report.checks)
+    payload = json.loads(report.to_json())
+    assert payload["passed"] is True and len(payload["checks"]) == len(report.checks)
+    markdown = report.to_markdown()
+    assert markdown.startswith("## Gate PASSED") and markdown.count("\n| ") == len(report.checks) + 1
