@@ -60,17 +60,21 @@ def main() -> None:
     speakers = max(1, round(corpus_files * args.share / words))
     drop = write_drop(params, "kitchen_caribbean", work / "drop", speakers=speakers, progress=False)
 
-    cache, base_cache = params.paths.clip_cache, work / "cache-of-the-corpus"
+    # Featurize keeps two things between runs: the clip cache and the per-domain feature shards.
+    kept = [params.paths.clip_cache, params.paths.features]
+    snapshot = work / "state-after-the-corpus"
 
     def restore(state: Path | None) -> None:
-        shutil.rmtree(cache, ignore_errors=True)
-        if state:
-            shutil.copytree(state, cache)
+        for folder in kept:
+            shutil.rmtree(folder, ignore_errors=True)
+            if state:
+                shutil.copytree(state / folder.name, folder)
 
     scratch = median_seconds(lambda: featurize_stage(params), lambda: restore(None), args.repeats)
-    shutil.copytree(cache, base_cache)
+    for folder in kept:
+        shutil.copytree(folder, snapshot / folder.name)
     ingest_drop(params, drop, "kitchen_caribbean", work / "docs", progress=False)
-    after_drop = median_seconds(lambda: featurize_stage(params), lambda: restore(base_cache), args.repeats)
+    after_drop = median_seconds(lambda: featurize_stage(params), lambda: restore(snapshot), args.repeats)
     drop_files = len(list((work / "data/domains/kitchen_caribbean").glob("*/*.wav")))
 
     table = Table(title=f"featurize: after a drop vs. from scratch (one run, median of {args.repeats})")

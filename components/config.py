@@ -143,7 +143,7 @@ class Gate(Strict):
 class Paths(Strict):
     """Where stages put their outputs; dvc.yaml reads the same keys, so there is one list of paths."""
 
-    features: Path = Path("data/features/kws.pt")
+    features: Path = Path("data/features/kws")  # one shard per domain
     model_dir: Path = Path("models/kws")
     reports: Path = Path("reports")
     # Decoded clips and log-mels by content hash; outside DVC's outputs so it survives a stage re-run.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import zlib
@@ -29,6 +30,7 @@ SPLITS = ("training", "validation", "testing")
 SILENCE, UNKNOWN = "_silence_", "_unknown_"
 BACKGROUND_DIR = "_background_noise_"
 SPLIT_FILES = {"validation": "validation_list.txt", "testing": "testing_list.txt"}
+SHARD_INDEX = "index.json"  # domain -> fingerprint of a folder of per-domain feature shards
 MAX_NUM_WAVS_PER_CLASS = 2**27 - 1  # the constant Speech Commands' split hash is defined with
 FULL_SCALE = 32767.0
 
@@ -156,20 +158,23 @@ class ClipCache:
     def added(self) -> int:
         return len(self.new)
 
-    def clip(self, path: Path, sample_rate: int, samples: int) -> tuple[np.ndarray, str]:
-        """The clip at `path` as int16 of exactly `samples`, decoded only if its content is new; with its hash."""
-        info = Path(path).stat()
+    def digest(self, path: Path) -> str:
+        """sha256 of the file's bytes, read only if its size or mtime changed since it was last hashed."""
+        info = os.stat(path)
         # abspath, not resolve(): a realpath per file was a third of a warm run.
         stat_key = f"{os.path.abspath(path)}|{info.st_size}|{info.st_mtime_ns}"
-        digest = self.hashes.get(stat_key)
-        if digest is None or digest not in self.waves:
-            raw = Path(path).read_bytes()
-            digest = hashlib.sha256(raw).hexdigest()
-            self.hashes[stat_key] = digest
+        if stat_key not in self.hashes:
+            self.hashes[stat_key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
             self.new_stats.add(stat_key)
-            if digest not in self.waves:
-                self.waves[digest] = to_int16(fit_length(decode_audio(raw, path, sample_rate), samples))
-                self.new.add(digest)
+        return self.hashes[stat_key]
+
+    def clip(self, path: Path, sample_rate: int, samples: int) -> tuple[np.ndarray, str]:
+        """The clip at `path` as int16 of exactly `samples`, decoded only if its content is new; with its hash."""
+        digest = self.digest(path)
+        if digest not in self.waves:
+            self.waves[digest] = to_int16(fit_length(decode_audio(Path(path).read_bytes(), path, sample_rate),
+                                                     samples))
+            self.new.add(digest)
         return self.waves[digest], digest
 
     def log_mels(self, waves: torch.Tensor, content: list[str], front_end: torch.nn.Module) -> torch.Tensor:
@@ -236,14 +241,38 @@ class KwsData:
         return self.waves.float() / FULL_SCALE
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(self.__dict__, path)
+        with atomic_path(path) as partial:
+            torch.save(self.__dict__, partial)
 
     @classmethod
     def load(cls, path: Path) -> KwsData:
-        if not Path(path).is_file():
+        """A features file, or a folder of per-domain shards (what featurize writes) joined in index order."""
+        path = Path(path)
+        if path.is_dir() and (path / SHARD_INDEX).is_file():
+            index = json.loads((path / SHARD_INDEX).read_text())
+            return cls.concat([cls.load(path / f"{domain}.pt") for domain in index])
+        if not path.is_file():
             raise EarshotError(f"{path}: features not found; run the featurize stage first")
         return cls(**torch.load(path, weights_only=False))
+
+    @classmethod
+    def concat(cls, parts: list[KwsData]) -> KwsData:
+        """One set from per-domain parts (same labels); domain ids are renumbered, versions combined."""
+        names = [name for part in parts for name in part.domain_names]
+        offsets = np.cumsum([0] + [len(part.domain_names) for part in parts])
+        return cls(
+            waves=torch.cat([p.waves for p in parts]),
+            labels=torch.cat([p.labels for p in parts]),
+            domains=torch.cat([p.domains + int(o) for p, o in zip(parts, offsets, strict=False)]),
+            splits=torch.cat([p.splits for p in parts]),
+            noise=torch.cat([p.noise for p in parts]),
+            label_names=parts[0].label_names,
+            domain_names=names,
+            sources=[s for p in parts for s in p.sources],
+            content=[c for p in parts for c in p.content],
+            version=hashlib.sha256(" ".join(p.version for p in parts).encode()).hexdigest()[:16],
+            mels=torch.cat([p.mels for p in parts]),
+        )
 
 
 def _domain_rng(seed: int, domain: str, purpose: str) -> np.random.Generator:
@@ -266,6 +295,7 @@ def build_dataset(
     progress: bool = True,
     roots: dict[str, list[Path]] | None = None,
     cache: ClipCache | None = None,
+    require_every_split: bool = True,
 ) -> KwsData:
     """Load every domain's trees (cfg.domains, or `roots`) into one labelled set; silence, unknown sized per split."""
     labels = cfg.labels
@@ -314,8 +344,10 @@ def build_dataset(
                         content.append("")
                 bar.advance(task)
     folders = ", ".join(str(tree) for trees in roots.values() for tree in trees)
+    if not waves:
+        raise AudioError(f"{folders}: no clips found")
     for i, split in enumerate(SPLITS):
-        if i not in split_ids:
+        if require_every_split and i not in split_ids:
             raise AudioError(f"{folders}: no {split} clips (more speakers, or a larger split percentage)")
     return KwsData(
         waves=torch.from_numpy(np.stack(waves)),

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from components.config import Params
 from components.corpus import synthesize_corpus
-from components.dataset import ClipCache, KwsData, build_dataset
+from components.dataset import SHARD_INDEX, SPLITS, AudioError, ClipCache, KwsData, build_dataset, index_speech_commands
 from components.evaluate import Evaluation, evaluate_predictions, plot_confusion, predict
 from components.export import ExportReport, export_models
 from components.features import LogMel
@@ -50,18 +50,48 @@ def domain_roots(params: Params) -> dict[str, list[Path]]:
     return roots
 
 
-def featurize_stage(params: Params) -> KwsData:
-    """Decode every clip once, cut silence, sample unknowns, compute log-mels, and cache it all in one file."""
-    front_end = LogMel(params.features, params.dataset.sample_rate)
+def featurize_stage(params: Params) -> dict[str, str]:
+    """Featurize each domain into its own shard, rebuilding only the domains whose files or settings changed.
+
+    DVC sees one output folder; inside it a drop into a new domain costs only that domain's files.
+    """
+    out, syn = params.paths.features, params.synthesis
     key = hashlib.sha256(json.dumps([params.dataset.sample_rate, params.dataset.clip_samples,
                                      params.features.model_dump()]).encode()).hexdigest()[:12]
     cache = ClipCache(params.paths.clip_cache, key)
-    data = build_dataset(params.dataset, params.seed, params.synthesis.validation_percentage,
-                         params.synthesis.testing_percentage, roots=domain_roots(params), cache=cache)
-    data.mels = cache.log_mels(data.waves, data.content, front_end)
+    settings = json.dumps([key, params.seed, params.dataset.model_dump(mode="json", exclude={"domains"}),
+                           syn.validation_percentage, syn.testing_percentage])
+    index_file = out / SHARD_INDEX
+    built = json.loads(index_file.read_text()) if index_file.is_file() else {}
+    index = {}
+    for domain, trees in domain_roots(params).items():
+        fingerprint = _domain_fingerprint(trees, cache, settings)
+        if built.get(domain, {}).get("fingerprint") != fingerprint or not (out / f"{domain}.pt").is_file():
+            part = build_dataset(params.dataset, params.seed, syn.validation_percentage, syn.testing_percentage,
+                                 roots={domain: trees}, cache=cache, require_every_split=False)
+            part.mels = cache.log_mels(part.waves, part.content, LogMel(params.features, params.dataset.sample_rate))
+            part.save(out / f"{domain}.pt")
+            built[domain] = {"fingerprint": fingerprint, "splits": torch.bincount(part.splits, minlength=3).tolist()}
+        index[domain] = built[domain]
     cache.save()
-    data.save(params.paths.features)
-    return data
+    for stale in set(built) - set(index):
+        (out / f"{stale}.pt").unlink(missing_ok=True)
+    for i, split in enumerate(SPLITS):
+        if not any(entry["splits"][i] for entry in index.values()):
+            raise AudioError(f"{', '.join(map(str, domain_roots(params)))}: no {split} clips "
+                             "(more speakers, or a larger split percentage)")
+    write_json(index_file, index)
+    return {domain: entry["fingerprint"] for domain, entry in index.items()}
+
+
+def _domain_fingerprint(trees: list[Path], cache: ClipCache, settings: str) -> str:
+    """The content of a domain's trees (file names and content hashes) and the settings its shard depends on."""
+    lines = [settings]
+    for number, tree in enumerate(trees):
+        clips, backgrounds = index_speech_commands(tree)
+        lines += sorted(f"{number}/{path.relative_to(tree)} {cache.digest(path)}"
+                        for path in [c.path for c in clips] + backgrounds)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def train(params: Params) -> str:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import torch
 import yaml
 from prefect.testing.utilities import prefect_test_harness
 
 from components.config import Params
+from components.dataset import KwsData
 from tests.conftest import PROJECT, tiny_settings, write_tree
 
 BIN = Path(sys.executable).parent
@@ -53,7 +53,7 @@ def test_dvc_repro_builds_every_stage_output(dvc_repo):
     exported = json.loads((dvc_repo / "reports/export.json").read_text())
     assert {v["name"] for v in exported["variants"]} >= {"onnx_fp32", "onnx_int8"}
     for out in ("models/kws/model.pt", "models/kws/model.onnx", "models/kws/model.int8.onnx",
-                "reports/confusion.png", "data/features/kws.pt", "data/synth/studio_us/testing_list.txt"):
+                "reports/confusion.png", "data/features/kws/index.json", "data/synth/studio_us/testing_list.txt"):
         assert (dvc_repo / out).is_file(), out
     shown = run(["dvc", "metrics", "show", "--json"], dvc_repo).stdout
     assert "per_domain" in shown
@@ -133,10 +133,13 @@ def test_ingested_drop_is_a_new_data_version_in_git_and_dvc_and_repro_picks_it_u
     assert "kitchen" not in run(["git", "status", "--porcelain"], dvc_repo).stdout
     status = json.loads(run(["dvc", "status", "--json"], dvc_repo).stdout)
     assert set(status) == {"featurize"}  # the data itself is clean; only the stage that reads it is stale
+    untouched = (dvc_repo / "data/features/kws/studio_us.pt").stat().st_mtime_ns
     ran = run(["dvc", "repro", "featurize"], dvc_repo).stdout
     assert "Running stage 'featurize'" in ran
-    features = torch.load(dvc_repo / "data/features/kws.pt", weights_only=False)
-    assert "kitchen" in features["domain_names"]
+    shards = json.loads((dvc_repo / "data/features/kws/index.json").read_text())
+    assert set(shards) == {"studio_us", "car_scottish", "kitchen"}
+    assert (dvc_repo / "data/features/kws/studio_us.pt").stat().st_mtime_ns == untouched  # only kitchen was built
+    assert "kitchen" in KwsData.load(dvc_repo / "data/features/kws").domain_names
     run(["dvc", "repro", "train"], dvc_repo)
     run_id = json.loads((dvc_repo / "models/kws/run.json").read_text())["run_id"]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{dvc_repo / 'mlflow.db'}")
