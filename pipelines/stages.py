@@ -59,6 +59,7 @@ def featurize_stage(params: Params) -> dict[str, str]:
     key = hashlib.sha256(json.dumps([params.dataset.sample_rate, params.dataset.clip_samples,
                                      params.features.model_dump()]).encode()).hexdigest()[:12]
     cache = ClipCache(params.paths.clip_cache, key)
+    front_end = LogMel(params.features, params.dataset.sample_rate)
     settings = json.dumps([key, params.seed, params.dataset.model_dump(mode="json", exclude={"domains"}),
                            syn.validation_percentage, syn.testing_percentage])
     index_file = out / SHARD_INDEX
@@ -69,7 +70,7 @@ def featurize_stage(params: Params) -> dict[str, str]:
         if built.get(domain, {}).get("fingerprint") != fingerprint or not (out / f"{domain}.pt").is_file():
             part = build_dataset(params.dataset, params.seed, syn.validation_percentage, syn.testing_percentage,
                                  roots={domain: trees}, cache=cache, require_every_split=False)
-            part.mels = cache.log_mels(part.waves, part.content, LogMel(params.features, params.dataset.sample_rate))
+            part.mels = cache.log_mels(part.waves, part.content, front_end)
             part.save(out / f"{domain}.pt")
             built[domain] = {"fingerprint": fingerprint, "splits": torch.bincount(part.splits, minlength=3).tolist()}
         index[domain] = built[domain]
