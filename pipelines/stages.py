@@ -81,7 +81,8 @@ def featurize_stage(params: Params) -> dict[str, str]:
         if not any(entry["splits"][i] for entry in index.values()):
             raise AudioError(f"{', '.join(map(str, domain_roots(params)))}: no {split} clips "
                              "(more speakers, or a larger split percentage)")
-    write_json(index_file, index)
+    # Not write_json: its sorted keys would reorder domains, and with them the rows training sees.
+    write_text_atomically(index_file, json.dumps(index, indent=2) + "\n")
     return {domain: entry["fingerprint"] for domain, entry in index.items()}
 
 
