@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from components.augment import augment_batch, spec_augment
 from components.config import Params
-from components.dataset import KwsData
+from components.dataset import FULL_SCALE, KwsData
 from components.features import LogMel
 from components.files import atomic_path
 from components.model import KeywordSpotter
@@ -56,7 +56,7 @@ def train_model(
     torch.manual_seed(params.seed)
     gen = torch.Generator().manual_seed(params.seed)
     train, val = data.split("training"), data.split("validation")
-    waves, noise = train.float_waves(), data.noise.float() / 32767.0
+    waves, noise = train.float_waves(), data.noise.float() / FULL_SCALE
     front_end = LogMel(params.features, sample_rate)
     model = KeywordSpotter(params.features.n_mels, len(data.label_names), params.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)

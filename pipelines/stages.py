@@ -65,7 +65,8 @@ def featurize_stage(params: Params) -> dict[str, str]:
     index_file = out / SHARD_INDEX
     built = json.loads(index_file.read_text()) if index_file.is_file() else {}
     index = {}
-    for domain, trees in domain_roots(params).items():
+    roots = domain_roots(params)
+    for domain, trees in roots.items():
         fingerprint = _domain_fingerprint(trees, cache, settings)
         if built.get(domain, {}).get("fingerprint") != fingerprint or not (out / f"{domain}.pt").is_file():
             part = build_dataset(params.dataset, params.seed, syn.validation_percentage, syn.testing_percentage,
@@ -79,7 +80,7 @@ def featurize_stage(params: Params) -> dict[str, str]:
         (out / f"{stale}.pt").unlink(missing_ok=True)
     for i, split in enumerate(SPLITS):
         if not any(entry["splits"][i] for entry in index.values()):
-            raise AudioError(f"{', '.join(map(str, domain_roots(params)))}: no {split} clips "
+            raise AudioError(f"{', '.join(map(str, roots))}: no {split} clips "
                              "(more speakers, or a larger split percentage)")
     # Not write_json: its sorted keys would reorder domains, and with them the rows training sees.
     write_text_atomically(index_file, json.dumps(index, indent=2) + "\n")
