@@ -33,8 +33,8 @@ def add_background(
     segments = noise[starts + torch.arange(samples)]
     low, high = cfg.snr_db
     snr = low + (high - low) * torch.rand(n, generator=gen)
-    # Silent clips have no SNR; add_noise would divide by zero, so they keep the waveform.
-    audible = waves.pow(2).mean(dim=1) > 1e-10
+    # Silent clips or silent noise stretches have no SNR; add_noise would divide by zero, so the clip stays as is.
+    audible = (waves.pow(2).mean(dim=1) > 1e-10) & (segments.pow(2).mean(dim=1) > 1e-10)
     mixed = torchaudio.functional.add_noise(waves, segments, snr)
     chosen = (torch.rand(n, generator=gen) < cfg.noise_probability) & audible
     return torch.where(chosen.unsqueeze(1), mixed, waves)

@@ -138,6 +138,30 @@ class Gate(Strict):
     min_int8_parity: Annotated[float, Field(ge=0.0, le=1.0)] = 0.99
     max_int8_latency_ms: Annotated[float, Field(gt=0.0)] = 2.0
     max_int8_size_kib: Annotated[float, Field(gt=0.0)] = 256.0
+    # Test clips of the configured domains, drawn by seed among those the champion gets right, that must keep
+    # their label: a cheap guard against a challenger that trades well-known cases for the average.
+    golden_clips: Annotated[int, Field(ge=0)] = 24
+
+
+class Continuous(Strict):
+    """The retraining loop: where drops land, how often they are looked for, when the nightly run starts."""
+
+    # A finished drop is moved (renamed) into incoming/<domain>/<drop>/; the watcher starts one retraining per drop.
+    incoming: Path = Path("data/incoming")
+    watch_every_s: Annotated[float, Field(gt=0.0)] = 60.0
+    nightly_cron: str = "0 3 * * *"
+    # Held while a retraining runs; a second one fails at once instead of racing the first for the same files.
+    lock: Path = Path(".earshot/retrain.lock")
+
+
+class Demo(Strict):
+    """The story `make demo` tells: a baseline, a good new-domain drop that is promoted, a bad one that is refused."""
+
+    workspace: Path = Path(".earshot/demo")
+    baseline_domains: list[str] = Field(default_factory=lambda: ["studio_us"], min_length=1)
+    good_drop: str = "car_scottish"
+    bad_drop: str = "office_uk"
+    drop_speakers: PositiveInt = 48
 
 
 class Paths(Strict):
@@ -163,6 +187,8 @@ class Params(Strict):
     export: Export = Export()
     ingest: Ingest = Ingest()
     gate: Gate = Gate()
+    continuous: Continuous = Continuous()
+    demo: Demo = Demo()
 
     @model_validator(mode="after")
     def _ranges_are_ordered(self) -> Params:

@@ -354,7 +354,8 @@ def build_dataset(
         labels=torch.tensor(label_ids),
         domains=torch.tensor(domain_ids),
         splits=torch.tensor(split_ids),
-        noise=torch.from_numpy(np.concatenate(noise)) if noise else torch.zeros(samples, dtype=torch.int16),
+        # A domain without background files (every ingested one) adds no noise; zeros would poison the SNR mix.
+        noise=torch.from_numpy(np.concatenate(noise)) if noise else torch.zeros(0, dtype=torch.int16),
         label_names=labels,
         domain_names=list(roots),
         sources=sources,

@@ -99,10 +99,13 @@ def write_drop(
     held_root: Path | None = None,
     drop_seed: int = 1,
     progress: bool = True,
+    shuffled_labels: bool = False,
 ) -> Path:
     """Write a drop of `speakers` new speakers of `domain` saying every corpus word into `out`; returns `out`.
 
     faults=True plants every fault kind the layout can carry (a collection picks some) and writes faults.csv.
+    shuffled_labels=True permutes the labels among each speaker's clips: a drop that passes ingest validation
+    (same files, same label mix) but teaches the wrong words, for the model gate to refuse.
     The same (params.seed, drop_seed) give byte-identical drops; nothing is written outside `out`.
     """
     out = Path(out)
@@ -125,6 +128,8 @@ def write_drop(
     seed = _mixed_seed(params.seed, drop_seed)
     out.mkdir(parents=True, exist_ok=True)
     clips = _render(params, domain, speakers, seed, out / RENDER_DIR, progress)
+    if shuffled_labels:
+        _shuffle_labels(clips, np.random.default_rng([seed, zlib.crc32(b"shuffle")]))
     rng = np.random.default_rng([seed, zlib.crc32(b"faults")])
     planted = _plant(kinds, clips, held, params, rng)
     _write(out, layout, clips)
@@ -181,6 +186,20 @@ def _render(params: Params, domain: str, speakers: int, seed: int, scratch: Path
 
 def _take(ref: ClipRef) -> int:
     return int(ref.path.stem.rsplit("_nohash_", 1)[1])
+
+
+def _shuffle_labels(clips: list[_Clip], rng: np.random.Generator) -> None:
+    """Permute the labels among each speaker's clips in place: the label mix stays exact, most labels turn wrong.
+
+    Within a speaker, not across the drop: a speaker's clips all share a take number, so a speaker given the same
+    label twice would name two files alike, while a permutation of their labels keeps every name distinct.
+    """
+    by_speaker: dict[str, list[_Clip]] = {}
+    for clip in clips:
+        by_speaker.setdefault(clip.speaker, []).append(clip)
+    for group in by_speaker.values():
+        for clip, label in zip(group, rng.permutation([c.label for c in group]), strict=True):
+            clip.label = str(label)
 
 
 def _plant(

@@ -172,11 +172,18 @@ def _latency_ms(run: Callable[[], object], runs: int) -> tuple[float, float]:
     return float(np.median(times) * 1e3), float(np.percentile(times, 95) * 1e3)
 
 
+def onnx_predictions(path: Path | ort.InferenceSession, mels: torch.Tensor) -> torch.Tensor:
+    """Top-1 label indices of an exported model (a file or an open session) on precomputed log-mels."""
+    session = path if isinstance(path, ort.InferenceSession) else _single_thread_session(path)
+    mels = mels.float().contiguous()
+    return torch.cat([torch.from_numpy(session.run([OUTPUT], {INPUT: chunk.numpy()})[0]).argmax(1)
+                      for chunk in mels.split(BATCH)])
+
+
 def _onnx_variant(name: str, path: Path, test_mels: torch.Tensor, test_labels: torch.Tensor,
                   torch_top1: torch.Tensor, runs: int) -> Variant:
     session = _single_thread_session(path)
-    top1 = torch.cat([torch.from_numpy(session.run([OUTPUT], {INPUT: chunk.numpy()})[0]).argmax(1)
-                      for chunk in test_mels.split(BATCH)])
+    top1 = onnx_predictions(session, test_mels)
     clip = {INPUT: test_mels[:1].numpy()}
     p50, p95 = _latency_ms(lambda: session.run([OUTPUT], clip), runs)
     return Variant(name, path, path.stat().st_size, p50, p95, _rate(top1 == test_labels), _rate(top1 == torch_top1))

@@ -6,10 +6,16 @@ INT8 artefact and pinned golden clips, and reports each check with its figure an
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 from components.config import Gate
+from components.dataset import KwsData
+from components.evaluate import evaluate_predictions
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,8 @@ class Check:
 @dataclass(frozen=True)
 class GateReport:
     checks: tuple[Check, ...]
+    challenger: Candidate
+    champion: Candidate | None = None
 
     @property
     def passed(self) -> bool:
@@ -45,7 +53,9 @@ class GateReport:
         return [check for check in self.checks if not check.passed]
 
     def to_json(self) -> str:
-        return json.dumps({"passed": self.passed, "checks": [asdict(c) for c in self.checks]}, indent=2) + "\n"
+        figures = {"challenger": asdict(self.challenger), "champion": asdict(self.champion) if self.champion else None}
+        return json.dumps({"passed": self.passed, "checks": [asdict(c) for c in self.checks]} | figures,
+                          indent=2) + "\n"
 
     def to_markdown(self) -> str:
         """The report as a table, for a Prefect artifact, an MLflow run and a model version's description."""
@@ -97,7 +107,31 @@ def gate_challenger(
         checks.append(Check("golden clips keep their labels", not changed,
                             f"{len(changed)} of {len(golden_labels)} changed" + (f": {', '.join(changed[:5])}"
                                                                                   if changed else ""), "0 changed"))
-    return GateReport(tuple(checks))
+    return GateReport(tuple(checks), challenger, champion)
+
+
+def pick_golden(test: KwsData, champion_top1: torch.Tensor, domains: Collection[str], count: int,
+                seed: int) -> dict[str, str]:
+    """Clip -> true label for `count` test clips of `domains` that the champion labels right.
+
+    Clips are ranked by a seeded hash of their source, so the same clips stay pinned while other data comes and goes.
+    """
+    def rank(i: int) -> str:
+        return hashlib.sha256(f"{seed}/{test.sources[i]}".encode()).hexdigest()
+
+    eligible = [i for i in range(len(test.labels))
+                if test.domain_names[test.domains[i]] in domains and champion_top1[i] == test.labels[i]]
+    return {test.sources[i]: test.label_names[test.labels[i]] for i in sorted(eligible, key=rank)[:count]}
+
+
+def scored_candidate(top1: torch.Tensor, test: KwsData, int8_parity: float, int8_latency_ms: float,
+                     int8_size_bytes: int, golden: Collection[str] = ()) -> Candidate:
+    """A Candidate from a model's top-1 predictions on the test split, with its INT8 figures."""
+    evaluation = evaluate_predictions(top1, test)
+    wanted = set(golden)
+    return Candidate(evaluation.accuracy, evaluation.per_domain, int8_parity, int8_latency_ms, int8_size_bytes,
+                     golden={source: test.label_names[top1[i]] for i, source in enumerate(test.sources)
+                             if source in wanted})
 
 
 def _pct(value: float | None) -> str:

@@ -25,7 +25,12 @@ def tracking_uri(cfg: Tracking) -> str:
 
 
 def use_store(cfg: Tracking) -> None:
+    user_choice = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri(cfg))
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI; left there, it would pass for the user's override and
+    # send the next params file's runs to this store.
+    if user_choice is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     mlflow.set_experiment(cfg.experiment)
 
 
@@ -41,14 +46,21 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 @contextmanager
-def training_run(params: Params, run_file: Path, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
-    """Start a run for one training, log every setting, and record its id in `run_file` for later stages."""
+def training_run(params: Params, run_file: Path, tags: dict[str, str], resume: bool = False
+                 ) -> Iterator[mlflow.ActiveRun]:
+    """Start a run for one training, log every setting, and record its id in `run_file` for later stages.
+
+    With `resume`, an interrupted training of the same `training_key` continues the run `run_file` names, so its
+    curves stay in one place.
+    """
     use_store(params.tracking)
-    with mlflow.start_run(tags=tags) as run:
-        settings = flatten(params.model_dump(mode="json", exclude={"synthesis", "paths", "tracking"}))
+    recorded = json.loads(run_file.read_text()) if resume and run_file.is_file() else {}
+    same = recorded.get("training_key") == tags.get("training_key")
+    with mlflow.start_run(run_id=recorded["run_id"] if same else None, tags=tags) as run:
+        settings = flatten(params.model_dump(mode="json", exclude={"synthesis", "paths", "tracking", "demo"}))
         mlflow.log_params({k: str(v)[:6000] for k, v in settings.items()})
-        write_text_atomically(run_file, json.dumps({"run_id": run.info.run_id,
-                                                    "experiment_id": run.info.experiment_id}) + "\n")
+        write_text_atomically(run_file, json.dumps({"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+                                                    "training_key": tags.get("training_key")}) + "\n")
         yield run
 
 

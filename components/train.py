@@ -28,6 +28,7 @@ class TrainResult:
     history: list[dict[str, float]]
     best_epoch: int
     best_val_accuracy: float
+    resumed_from_epoch: int  # 0 for a fresh run; else the epochs an interrupted run had finished
 
 
 @torch.no_grad()
@@ -74,6 +75,7 @@ def train_model(
             gen.set_state(saved["generator"])
             torch.set_rng_state(saved["torch_rng"])  # dropout draws from the global generator
             state = saved["state"]
+    resumed_from = state["epoch"]
 
     while state["epoch"] < cfg.epochs and state["epoch"] - state["best_epoch"] <= cfg.patience:
         model.train()
@@ -99,18 +101,19 @@ def train_model(
             state |= {"best_epoch": state["epoch"], "best_acc": val_acc,
                       "best_weights": {k: v.clone() for k, v in model.state_dict().items()}}
         state["epoch"] += 1
+        # Reported before the checkpoint: a kill in between repeats an epoch's log line, never loses one.
+        on_epoch(metrics)
         if checkpoint:
             saved = {"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "schedule": schedule.state_dict(), "generator": gen.get_state(),
                      "torch_rng": torch.get_rng_state(), "state": state}
             with atomic_path(checkpoint) as partial:
                 torch.save(saved, partial)
-        on_epoch(metrics)
 
     model.load_state_dict(state["best_weights"])
     model.eval()
     if checkpoint:
         # Only an interrupted run may resume; a finished one must not short-circuit the next training.
         checkpoint.unlink(missing_ok=True)
-    return TrainResult(model, state["history"], state["best_epoch"], state["best_acc"])
+    return TrainResult(model, state["history"], state["best_epoch"], state["best_acc"], resumed_from)
 

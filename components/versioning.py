@@ -42,3 +42,13 @@ def commit_data_version(tree: Path, ledger: Path, message: str) -> bool:
     if _run(["git", "status", "--porcelain", "--", *paths], repo).strip():
         _run(["git", "commit", "--quiet", "-m", message, "--", *paths], repo)
     return True
+
+
+def git_commit(path: Path) -> str:
+    """The commit checked out at `path` (with "+dirty" if files differ from it), or "none" outside git."""
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=path, capture_output=True, text=True)
+    if head.returncode != 0:
+        return "none"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path, capture_output=True,
+                           text=True).stdout.strip()
+    return head.stdout.strip() + ("+dirty" if dirty else "")

@@ -94,22 +94,90 @@ def drop(
     faults: Annotated[bool, typer.Option(help="Plant one bad file of each kind (answer key: faults.csv).")] = False,
     held_root: Annotated[Path | None, typer.Option(help="A held tree to draw conflicts and duplicates from.")] = None,
     drop_seed: Annotated[int, typer.Option(help="Mixed with params' seed: another drop of the same recipe.")] = 1,
+    shuffled_labels: Annotated[bool, typer.Option(
+        help="Give clips each other's labels: a drop that validates but teaches the model wrong.")] = False,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Synthesize a drop of new recordings for a domain recipe, optionally with planted faults."""
     from components.drops import write_drop
 
     written = write_drop(load_params(params), domain, out, speakers=speakers, layout=layout, faults=faults,
-                         held_root=held_root, drop_seed=drop_seed)
+                         held_root=held_root, drop_seed=drop_seed, shuffled_labels=shuffled_labels)
     console.print(f"wrote drop {written}", soft_wrap=True, highlight=False)
 
 
 @app.command()
-def flow(params: ParamsOption = Path("params.yaml")) -> None:
-    """Run the whole chain as the Prefect flow `train_keyword_spotter`."""
-    from pipelines.flows import train_keyword_spotter
+def retrain(
+    drop: Annotated[Path | None, typer.Option(help="A drop folder to ingest first (needs --domain).")] = None,
+    domain: Annotated[str | None, typer.Option(help="The acoustic domain the drop comes from.")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Run the continuous-training flow: ingest, featurize, train, evaluate, export, gate, promote or refuse."""
+    from pipelines.flows import continuous_training
 
-    train_keyword_spotter(str(params))
+    outcome = continuous_training(str(params), str(drop) if drop else None, domain)
+    console.print(f"{outcome['outcome']}: model version {outcome['version']}", highlight=False)
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="A registered version that passed the gate.")],
+    reason: Annotated[str, typer.Option(help="Why, for the promotion log.")] = "promoted by hand",
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Make a gated version champion; the old champion becomes `previous`."""
+    from components.registry import promote as promote_version
+    from components.registry import registry_client
+
+    cfg = load_params(params).tracking
+    event = promote_version(registry_client(cfg), cfg.registered_model, version, reason)
+    console.print(f"champion: version {event.version} (previous: {event.replaced or 'none'})", highlight=False)
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option(help="Why, for the promotion log.")] = "rolled back by hand",
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Move `champion` back to the `previous` version."""
+    from components.registry import registry_client
+    from components.registry import rollback as rollback_champion
+
+    cfg = load_params(params).tracking
+    event = rollback_champion(registry_client(cfg), cfg.registered_model, reason)
+    console.print(f"champion: version {event.version} (was {event.replaced})", highlight=False)
+
+
+@app.command()
+def promotions(params: ParamsOption = Path("params.yaml")) -> None:
+    """Print the promotion log: every promotion, refusal and rollback, oldest first."""
+    from components.registry import promotion_log, registry_client
+
+    cfg = load_params(params).tracking
+    table = Table(title=f"earshot · {cfg.registered_model} promotion log", title_justify="left")
+    for column in ("at (UTC)", "action", "version", "replaced", "reason"):
+        table.add_column(column)
+    for event in promotion_log(registry_client(cfg), cfg.registered_model):
+        table.add_row(event.at, event.action, event.version, event.replaced or "-", event.reason)
+    console.print(table)
+
+
+@app.command()
+def serve(params: ParamsOption = Path("params.yaml")) -> None:
+    """Serve the Prefect deployments (new-data watcher, nightly, manual) until interrupted."""
+    from prefect import serve as serve_deployments
+
+    from pipelines.flows import deployments
+
+    serve_deployments(*deployments(str(params)), pause_on_shutdown=False)
+
+
+@app.command()
+def demo(params: ParamsOption = Path("params.yaml")) -> None:
+    """The continuous-training story in a workspace of its own: baseline, a good drop promoted, a bad one refused."""
+    from pipelines.demo import run_demo, story_table
+
+    console.print(story_table(run_demo(load_params(params))))
 
 
 @app.command()

@@ -1,27 +1,159 @@
-"""Prefect flows over the same stage functions that `dvc repro` runs; no stage logic lives here.
+"""Prefect flows over the stage functions `dvc repro` runs: the continuous-training loop and its drop watcher.
 
-Each stage is a task, so the Prefect UI shows which stage ran, how long it took, and where it failed.
+Each stage is a task, so the Prefect UI shows which stage ran, how long it took and where it failed; no stage
+logic lives here. `deployments` declares how the loop is started: by new data, nightly, or by hand.
 """
 
 from __future__ import annotations
 
-from prefect import flow, task
+import hashlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.deployments import run_deployment
+from prefect.deployments.runner import RunnerDeployment
 
-from components.config import load_params
-from pipelines.stages import STAGES
+from components.config import Params, load_params
+from components.errors import EarshotError
+from components.export import ParityError
+from components.lock import exclusive
+from components.registry import gated_version, registry_client
+from pipelines import stages
 
-# Stages read and write files named in params.yaml; their inputs are not the whole story, so no input caching.
-stage_tasks = {name: task(fn, name=name, cache_policy=NO_CACHE) for name, fn in STAGES.items()}
+FLOW = "continuous_training"
+RETRAIN_DEPLOYMENT = "manual"
 
 
-@flow(name="train_keyword_spotter", log_prints=True)
-def train_keyword_spotter(params_path: str = "params.yaml") -> dict[str, object]:
-    """synthesize → featurize → train → evaluate → export, as the DVC pipeline does."""
+def _transient(_task: Any, _run: TaskRun, state: State) -> bool:
+    # Bad input or a refused model will fail the same way again; a store or disk hiccup may not.
+    return not isinstance(state.data, EarshotError)
+
+
+def _stage_task(fn: Any, retries: int = 0) -> Any:
+    # Stages read and write files named in params.yaml, so their arguments are not the whole story: no caching.
+    return task(fn, name=fn.__name__, cache_policy=NO_CACHE, retries=retries, retry_delay_seconds=2,
+                retry_condition_fn=_transient)
+
+
+ingest = _stage_task(stages.ingest, retries=2)
+featurize = _stage_task(stages.featurize_stage)
+train = _stage_task(stages.train)
+evaluate = _stage_task(stages.evaluate)
+export = _stage_task(stages.export)
+gate = _stage_task(stages.gate)
+decide = _stage_task(stages.decide, retries=2)
+champion_version = _stage_task(stages.champion_version, retries=2)
+training_key = _stage_task(stages.training_key)
+
+
+def _champion_score_key(_context: Any, arguments: dict[str, Any]) -> str:
+    return f"champion-score-{arguments['version']}-{arguments['training_key']}"
+
+
+@task(name="score_champion", cache_key_fn=_champion_score_key, cache_expiration=timedelta(days=7), retries=2,
+      retry_delay_seconds=2, retry_condition_fn=_transient)
+def score_champion(params: Params, version: str, training_key: str) -> stages.ChampionScore:
+    """Cached by (champion version, data and settings): a rerun after a crash does not score the champion again."""
+    return stages.score_champion(params, version)
+
+
+@flow(name=FLOW, log_prints=True)
+def continuous_training(params_path: str = "params.yaml", drop: str | None = None,
+                        domain: str | None = None) -> dict[str, Any]:
+    """ingest → validate → featurize → train → evaluate → export → gate → promote, one retraining at a time.
+
+    Without a drop it retrains only if data or settings changed since the last gated model (the nightly run).
+    """
     params = load_params(params_path)
-    stage_tasks["synthesize"](params)
-    stage_tasks["featurize"](params)
-    run_id = stage_tasks["train"](params)
-    evaluation = stage_tasks["evaluate"](params)
-    report = stage_tasks["export"](params)
-    return {"run_id": run_id, "accuracy": evaluation.accuracy, "export": report.to_dict()}
+    if (drop is None) != (domain is None):
+        raise EarshotError("a drop needs its domain (and a domain its drop)")
+    with exclusive(params.continuous.lock, "retraining"):
+        if drop is not None:
+            ingest(params, Path(drop), domain)
+        featurize(params)
+        key = training_key(params)
+        done = gated_version(registry_client(params.tracking), params.tracking.registered_model, key)
+        if done is not None:
+            print(f"data and settings unchanged since version {done.version} (gate {done.tags.get('gate')}); "
+                  "nothing to train")
+            return {"outcome": "skipped", "version": str(done.version), "training_key": key}
+        current = champion_version(params)
+        champion = score_champion(params, current, key) if current else None
+        drift = champion.drift(domain) if champion else {}
+        if champion:
+            print(f"drift: champion v{champion.version} scores " + ", ".join(f"{k} {v:.2%}" for k, v in drift.items()))
+        run_id = train(params)
+        evaluate(params)
+        try:
+            export(params)
+        except ParityError as err:
+            print(f"export: {err}; the gate will refuse this model")
+        report = gate(params, domain, champion)
+        create_markdown_artifact(_flow_report(drift, domain, report.to_markdown()), key="gate-report",
+                                 description=f"Gate report of run {run_id}")
+        decision = decide(params, report, domain)
+        verb = "promoted to champion" if decision.promoted else f"refused ({decision.alias})"
+        print(f"version {decision.version} {verb}")
+        return {"outcome": "promoted" if decision.promoted else "refused", "version": decision.version,
+                "run_id": run_id, "training_key": key, "drift": drift, "gate": report.to_json(),
+                "champion_before": current}
+
+
+def _flow_report(drift: dict[str, float], domain: str | None, gate_markdown: str) -> str:
+    if not drift:
+        return gate_markdown
+    rows = [f"| {'new domain ' + domain if k == 'new_domain' else 'known domains (mean)'} | {v:.2%} |"
+            for k, v in drift.items()]
+    return "\n".join(["## Drift: the champion on today's test sets", "", "| slice | accuracy |", "|---|---|", *rows,
+                      "", gate_markdown])
+
+
+def drop_key(drop: Path) -> str:
+    """A drop's identity for scheduling: every file's path, size and content, so a renamed copy is the same drop."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(drop).rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(drop)}\0{path.stat().st_size}\0".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+@flow(name="watch_incoming", log_prints=True)
+def watch_incoming(params_path: str = "params.yaml") -> list[str]:
+    """Start one retraining per drop under incoming/<domain>/<drop>/; a drop already seen is never started again.
+
+    The drop's content hash is the flow run's idempotency key, so the Prefect API itself refuses a second run.
+    """
+    params = load_params(params_path)
+    since = datetime.now(UTC)
+    started = []
+    for drop in sorted(p for p in Path(params.continuous.incoming).glob("*/*") if p.is_dir()):
+        run = run_deployment(f"{FLOW}/{RETRAIN_DEPLOYMENT}", timeout=0, as_subflow=False,
+                             idempotency_key=f"drop-{drop_key(drop)}",
+                             parameters={"params_path": params_path, "drop": str(drop), "domain": drop.parent.name})
+        new = run.created is not None and run.created >= since
+        if new:
+            started.append(str(drop))
+        get_run_logger().info("%s: %s flow run %s (%s)", drop, "started" if new else "already has", run.name,
+                              run.state_name)
+    return started
+
+
+def deployments(params_path: str = "params.yaml") -> list[RunnerDeployment]:
+    """The three ways the loop starts: a drop watcher, a nightly retrain, and a manual one (which drops also use)."""
+    params = load_params(params_path)
+    arguments = {"params_path": params_path}
+    return [
+        continuous_training.to_deployment(RETRAIN_DEPLOYMENT, parameters=arguments, concurrency_limit=1,
+                                          description="Retrain now; with drop + domain, on that drop."),
+        continuous_training.to_deployment("nightly", cron=params.continuous.nightly_cron, parameters=arguments,
+                                          concurrency_limit=1,
+                                          description="Retrain if data or settings changed since the last gate."),
+        watch_incoming.to_deployment("new-data", interval=params.continuous.watch_every_s, parameters=arguments,
+                                     concurrency_limit=1,
+                                     description=f"Start one retraining per new drop in {params.continuous.incoming}."),
+    ]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -17,15 +19,26 @@ from rich.console import Console
 from components.config import Params
 from components.corpus import synthesize_corpus
 from components.dataset import SHARD_INDEX, SPLITS, AudioError, ClipCache, KwsData, build_dataset, index_speech_commands
+from components.errors import EarshotError
 from components.evaluate import Evaluation, evaluate_predictions, plot_confusion, predict
-from components.export import ExportReport, export_models
+from components.export import INT8_FILE, ExportReport, ParityError, export_models, onnx_predictions
 from components.features import LogMel
 from components.files import write_csv, write_text_atomically
+from components.gate import Candidate, GateReport, gate_challenger, pick_golden, scored_candidate
 from components.ingest import LEDGER, DropError, IngestReport, ingest_drop, ingested_domains, ledger_rows
 from components.model import count_parameters, load_model, save_model
+from components.registry import (
+    CHAMPION,
+    champion,
+    deployable_files,
+    promote,
+    register_candidate,
+    registry_client,
+    reject,
+)
 from components.tracking import resume_run, training_run, use_store
-from components.train import train_model
-from components.versioning import commit_data_version
+from components.train import run_fingerprint, train_model
+from components.versioning import commit_data_version, git_commit
 
 console = Console()
 
@@ -97,15 +110,28 @@ def _domain_fingerprint(trees: list[Path], cache: ClipCache, settings: str) -> s
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
+def training_key(params: Params) -> str:
+    """What a trained model is a function of: the featurized data's version and every setting that shapes training.
+
+    Tags the run and its registered version, names the checkpoint a killed run resumes from, and lets the loop skip
+    data it has already trained and gated.
+    """
+    return run_fingerprint(params, KwsData.load(params.paths.features).version)
+
+
 def train(params: Params) -> str:
-    """Train the keyword spotter, log it to MLflow with the data version, and save weights with their card."""
+    """Train the keyword spotter, log it to MLflow with the data version, and save weights with their card.
+
+    A training killed midway resumes from its checkpoint, inside the MLflow run it started.
+    """
     data = KwsData.load(params.paths.features)
     out = params.paths.model_dir
+    checkpoint = out / "checkpoint.pt"
     ledger = ledger_rows(params.ingest.root)
-    tags = {"dataset_version": data.version, "track": "kws",
+    tags = {"dataset_version": data.version, "track": "kws", "training_key": run_fingerprint(params, data.version),
             "ingested_data_version": ledger[-1]["data_version"] if ledger else "none"}
-    with training_run(params, run_file(params), tags=tags) as run:
-        result = train_model(data, params, checkpoint=out / "checkpoint.pt", on_epoch=_report_epoch)
+    with training_run(params, run_file(params), tags=tags, resume=checkpoint.is_file()) as run:
+        result = train_model(data, params, checkpoint=checkpoint, on_epoch=_report_epoch)
         card = {"label_names": data.label_names, "domain_names": data.domain_names,
                 "features": params.features.model_dump(), "model": params.model.model_dump(),
                 "sample_rate": params.dataset.sample_rate, "clip_samples": params.dataset.clip_samples,
@@ -114,6 +140,7 @@ def train(params: Params) -> str:
         summary = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
                    "epochs_run": len(result.history), "parameters": count_parameters(result.model)}
         mlflow.log_metrics({"best_val_accuracy": result.best_val_accuracy, "parameters": summary["parameters"]})
+        mlflow.set_tag("resumed_from_epoch", str(result.resumed_from_epoch))
         example = data.split("validation").mels[:2].numpy()
         with torch.no_grad():
             signature = infer_signature(example, result.model(torch.from_numpy(example)).numpy())
@@ -151,14 +178,21 @@ def evaluate(params: Params) -> Evaluation:
 
 
 def export(params: Params) -> ExportReport:
-    """ONNX FP32 and INT8 with a parity check; sizes, latencies and accuracies go to reports/export.json."""
+    """ONNX FP32 and INT8 with a parity check; sizes, latencies and accuracies go to reports/export.json.
+
+    A parity failure is logged like any export, then raised: `dvc repro` stops, the gate records the refusal.
+    """
     model, _ = load_model(model_file(params))
     data = KwsData.load(params.paths.features)
     train_mels = data.split("training").mels
     picks = torch.randperm(len(train_mels), generator=torch.Generator().manual_seed(params.seed))
     test = data.split("testing")
-    report = export_models(model, train_mels[picks[: params.export.calibration_clips]], test.mels, test.labels,
-                           params.export, params.paths.model_dir)
+    failure = None
+    try:
+        report = export_models(model, train_mels[picks[: params.export.calibration_clips]], test.mels, test.labels,
+                               params.export, params.paths.model_dir)
+    except ParityError as err:
+        failure, report = err, err.report
     write_json(params.paths.reports / "export.json", report.to_dict())
     with resume_run(params, run_file(params)):
         mlflow.log_dict(report.to_dict(), "export/export.json")
@@ -166,7 +200,104 @@ def export(params: Params) -> ExportReport:
             mlflow.log_metrics({f"export.{row['name']}.{k}": v for k, v in row.items() if isinstance(v, (int, float))})
         for path in params.paths.model_dir.glob("*.onnx"):
             mlflow.log_artifact(str(path), artifact_path="export")
+    if failure is not None:
+        raise failure
     return report
+
+
+@dataclass(frozen=True)
+class ChampionScore:
+    """The champion's INT8 model re-scored on today's test split: the drift signal and the gate's baseline."""
+
+    version: str
+    top1: torch.Tensor
+    candidate: Candidate
+
+    def drift(self, new_domain: str | None) -> dict[str, float]:
+        """Accuracy on the new domain next to the mean over the domains it already knew."""
+        known = [v for d, v in self.candidate.per_domain.items() if d != new_domain]
+        figures = {"known_domains": sum(known) / len(known) if known else float("nan")}
+        if new_domain is not None:
+            figures["new_domain"] = self.candidate.per_domain.get(new_domain, float("nan"))
+        return figures
+
+
+def champion_version(params: Params) -> str | None:
+    current = champion(registry_client(params.tracking), params.tracking.registered_model)
+    return str(current.version) if current else None
+
+
+def score_champion(params: Params, version: str) -> ChampionScore:
+    """Download champion `version`, run its INT8 model on the current test split of every domain."""
+    client, name = registry_client(params.tracking), params.tracking.registered_model
+    test = KwsData.load(params.paths.features).split("testing")
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = deployable_files(client, name, version, Path(scratch))
+        top1 = onnx_predictions(folder / INT8_FILE, test.mels)
+    tags = client.get_model_version(name, version).tags
+    candidate = scored_candidate(top1, test, float(tags.get("int8_parity", "nan")),
+                                 float(tags.get("int8_latency_ms", "nan")), int(tags.get("int8_size_bytes", 0)))
+    return ChampionScore(version, top1, candidate)
+
+
+def gate(params: Params, new_domain: str | None, champion_score: ChampionScore | None) -> GateReport:
+    """Run the regression gate on the exported challenger; write reports/gate.{json,md}; log them to its run."""
+    test = KwsData.load(params.paths.features).split("testing")
+    int8 = next(row for row in _read_json(params.paths.reports / "export.json")["variants"]
+                if row["name"] == "onnx_int8")
+    golden = {} if champion_score is None else pick_golden(
+        test, champion_score.top1, params.dataset.domains, params.gate.golden_clips, params.seed)
+    challenger = scored_candidate(onnx_predictions(params.paths.model_dir / INT8_FILE, test.mels), test,
+                                  int8["agreement_with_torch"], int8["latency_ms_p50"], int8["size_bytes"], golden)
+    report = gate_challenger(challenger, champion_score.candidate if champion_score else None, params.gate,
+                             new_domain, golden)
+    reports = params.paths.reports
+    write_text_atomically(reports / "gate.json", report.to_json())
+    write_text_atomically(reports / "gate.md", report.to_markdown())
+    with resume_run(params, run_file(params)):
+        mlflow.log_artifact(str(reports / "gate.json"), artifact_path="gate")
+        mlflow.log_artifact(str(reports / "gate.md"), artifact_path="gate")
+        mlflow.log_metrics({"gate.passed": float(report.passed)}
+                           | {f"int8.test_accuracy.{d}": v for d, v in challenger.per_domain.items()})
+        if champion_score is not None:
+            mlflow.set_tag("champion_version", champion_score.version)
+            mlflow.log_metrics({f"drift.champion_accuracy.{k}": v
+                                for k, v in champion_score.drift(new_domain).items()}
+                               | {f"champion.test_accuracy.{d}": v
+                                  for d, v in champion_score.candidate.per_domain.items()})
+    return report
+
+
+@dataclass(frozen=True)
+class Decision:
+    version: str  # the challenger's registered version
+    promoted: bool
+    alias: str  # champion, or the rejected-<time> alias it got
+
+
+def decide(params: Params, report: GateReport, new_domain: str | None) -> Decision:
+    """Register the challenger with its model card; a pass becomes champion, a refusal keeps its reasons."""
+    client, name = registry_client(params.tracking), params.tracking.registered_model
+    run_id = json.loads(run_file(params).read_text())["run_id"]
+    run_tags = client.get_run(run_id).data.tags
+    int8 = next(row for row in _read_json(params.paths.reports / "export.json")["variants"]
+                if row["name"] == "onnx_int8")
+    tags = {"gate": "passed" if report.passed else "refused", "training_key": run_tags["training_key"],
+            "dataset_version": run_tags["dataset_version"],
+            "ingested_data_version": run_tags["ingested_data_version"], "git_commit": git_commit(Path.cwd()),
+            "new_domain": new_domain or "", "int8_parity": str(int8["agreement_with_torch"]),
+            "int8_latency_ms": str(int8["latency_ms_p50"]), "int8_size_bytes": str(int8["size_bytes"])}
+    card = "\n".join([f"Keyword spotter trained in run `{run_id}` on data version `{tags['dataset_version']}` "
+                      f"(ingested data `{tags['ingested_data_version']}`, git `{tags['git_commit']}`).", "",
+                      f"INT8 ONNX: {int8['size_bytes'] / 1024:.1f} KiB, {int8['latency_ms_p50']:.3f} ms p50 "
+                      f"(1 thread), accuracy {int8['accuracy']:.2%}.", "", report.to_markdown()])
+    version = str(register_candidate(client, name, run_id, f"runs:/{run_id}/export", tags, card).version)
+    if report.passed:
+        promote(client, name, version, reason=f"gate passed (new domain: {new_domain or 'none'})")
+        return Decision(version, True, CHAMPION)
+    reject(client, name, version, [f"{c.name}: {c.observed} (needs {c.threshold})" for c in report.failures])
+    alias = next(a for a in client.get_model_version(name, version).aliases if a.startswith("rejected-"))
+    return Decision(version, False, alias)
 
 
 def ingest(params: Params, drop: Path, domain: str) -> IngestReport:
@@ -188,6 +319,12 @@ def ingest(params: Params, drop: Path, domain: str) -> IngestReport:
     if report.drop_rejected:
         raise DropError(report.drop_rejected)
     return report
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise EarshotError(f"{path}: not found; run the stage that writes it first")
+    return json.loads(path.read_text())
 
 
 STAGES = {"synthesize": synthesize_corpus, "featurize": featurize_stage, "train": train, "evaluate": evaluate,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import yaml
+from prefect.settings import PREFECT_API_URL
+from prefect.testing.utilities import prefect_test_harness
 
 from components.config import Params
 from components.dataset import which_set
@@ -39,6 +42,13 @@ def tiny_settings(root: Path | None) -> dict:
     return settings
 
 
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """A real Prefect API (a local server in a subprocess) for the whole session; yields its URL."""
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
 @pytest.fixture
 def tiny_params(tmp_path: Path) -> Params:
     return Params.model_validate(tiny_settings(tmp_path))
@@ -49,14 +59,17 @@ def tone(freq: float, seconds: float = 1.0, rate: int = 16000, level: float = 0.
     return (level * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
-def write_tree(root: Path, words: dict[str, float], speakers: list[str], rate: int = 16000) -> Path:
-    """A hand-made Speech Commands v2 tree: each word a tone of its own pitch, split lists by the real rule."""
+def write_tree(root: Path, words: dict[str, float], speakers: list[str], rate: int = 16000, detune: int = 0) -> Path:
+    """A hand-made Speech Commands v2 tree: each word a tone of its own pitch, split lists by the real rule.
+
+    Speaker s says a word at its pitch times 1 + 0.002 (s + detune), so trees with other `detune` hold other audio.
+    """
     val, test = [], []
     for word, freq in words.items():
         (root / word).mkdir(parents=True, exist_ok=True)
         for s, speaker in enumerate(speakers):
             name = f"{word}/{speaker}_nohash_0.wav"
-            sf.write(root / name, tone(freq * (1 + 0.01 * s), rate=rate), rate, subtype="PCM_16")
+            sf.write(root / name, tone(freq * (1 + 0.002 * (s + detune)), rate=rate), rate, subtype="PCM_16")
             split = which_set(name, 20.0, 20.0)
             (val if split == "validation" else test if split == "testing" else []).append(name)
     (root / "validation_list.txt").write_text("\n".join(val) + "\n")

@@ -27,6 +27,13 @@ def test_noise_probability_zero_or_silent_clips_leave_audio_untouched():
     assert torch.equal(add_background(clips, noise, Augment(noise_probability=0.0), gen()), clips)
 
 
+def test_silent_stretches_of_noise_are_never_mixed_in():
+    # A domain with no background files once contributed zeros; mixing them "at an SNR" gave NaN training loss.
+    clips = torch.randn(64, 16000)
+    mixed = add_background(clips, torch.zeros(48000), Augment(noise_probability=1.0), gen())
+    assert torch.isfinite(mixed).all() and torch.equal(mixed, clips)
+
+
 def test_time_shift_moves_content_and_fills_with_silence():
     clips = torch.zeros(16, 1000)
     clips[:, 500] = 1.0

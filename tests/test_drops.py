@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from components.errors import EarshotError
 from tests.conftest import tiny_settings
 
 SPEAKERS = 3
+SHUFFLE_SPEAKERS = 2
 SPEAKER_ID = r"[0-9a-f]{8}"
 SC_NAME = re.compile(rf"^[a-z]+/{SPEAKER_ID}_nohash_\d+\.wav$")
 MANIFEST_NAME = re.compile(rf"^audio/{SPEAKER_ID}-[a-z]+-\d+\.wav$")
@@ -191,6 +193,35 @@ def test_another_drop_seed_gives_another_drop(params: Params, sc_drop: Path, tmp
     assert not {e["speaker"] for e in _entries(out).values()} & {e["speaker"] for e in _entries(sc_drop).values()}
     assert not {p.read_bytes() for p in out.rglob("*.wav")} & {p.read_bytes() for p in sc_drop.rglob("*.wav")}
     assert not (out / "faults.csv").exists()
+
+
+def _labels_by_audio(drop: Path) -> dict[bytes, tuple[str, str]]:
+    """audio bytes -> (speaker, label): a clip is known by its sound, whatever name its label gave the file."""
+    return {(drop / name).read_bytes(): (e["speaker"], e["label"]) for name, e in _entries(drop).items()}
+
+
+@pytest.mark.parametrize("layout", ["manifest", "speech_commands"])
+def test_shuffled_labels_keep_the_files_and_label_mix_but_mislabel_most(
+    params: Params, tmp_path: Path, layout: str
+) -> None:
+    def labels(name: str, shuffled: bool) -> dict[bytes, tuple[str, str]]:
+        drop = write_drop(params, "studio_us", tmp_path / name, speakers=SHUFFLE_SPEAKERS, layout=layout,
+                          shuffled_labels=shuffled, progress=False)
+        return _labels_by_audio(drop)
+
+    plain, shuffled = labels("plain", False), labels("shuffled", True)
+    assert len(plain) == SHUFFLE_SPEAKERS * len(corpus_words(params))  # every clip's audio is unique
+    assert shuffled.keys() == plain.keys()
+    # Each speaker still says every corpus word once, so the label shares of every split are unchanged.
+    assert Counter(shuffled.values()) == Counter(plain.values())
+    # In the Speech Commands layout the label is the folder, so this also shows the file moved with its label.
+    assert sum(shuffled[audio] != plain[audio] for audio in plain) > len(plain) / 2
+
+
+def test_shuffled_drop_is_byte_identical_when_rewritten(params: Params, held: Path, tmp_path: Path) -> None:
+    first, second = (write_drop(params, "studio_us", tmp_path / name, speakers=SHUFFLE_SPEAKERS, faults=True,
+                                held_root=held, shuffled_labels=True, progress=False) for name in ("a", "b"))
+    assert _files(first) == _files(second)
 
 
 @pytest.mark.parametrize(

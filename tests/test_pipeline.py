@@ -1,4 +1,4 @@
-"""End to end: the real `dvc repro` in a temporary git repo, and the Prefect flow under a real Prefect API."""
+"""End to end: the real `dvc repro` and `earshot` commands in a temporary git + DVC repo."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from prefect.testing.utilities import prefect_test_harness
 
 from components.config import Params
 from components.dataset import KwsData
@@ -95,27 +94,6 @@ def test_corrupt_audio_stops_featurize_with_one_line_naming_the_file(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and str(bad) in lines[0] and "Traceback" not in done.stderr
     assert not Path(settings["paths"]["features"]).exists()
-
-
-@pytest.fixture(scope="module")
-def prefect_api():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-def test_prefect_flow_runs_the_same_stages_against_a_real_mlflow_store(prefect_api, tmp_path):
-    from pipelines.flows import train_keyword_spotter
-
-    settings = tiny_settings(tmp_path)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(settings))
-    state = train_keyword_spotter(str(tmp_path / "params.yaml"), return_state=True)
-    assert state.is_completed()
-    result = state.result()
-    params = Params.model_validate(settings)
-    client = mlflow.MlflowClient(tracking_uri=params.tracking.uri)
-    logged = client.get_run(result["run_id"])
-    assert logged.data.metrics["test_accuracy"] == pytest.approx(result["accuracy"])
-    assert (params.paths.model_dir / "model.int8.onnx").is_file()
 
 
 def test_ingested_drop_is_a_new_data_version_in_git_and_dvc_and_repro_picks_it_up(dvc_repo, tmp_path):

@@ -1,0 +1,125 @@
+"""The continuous-training story `make demo` tells, in a workspace of its own (git + DVC repo, MLflow store, remote).
+
+A model trained on the baseline domains meets a drop of a new domain it scores badly on, is retrained, gated and
+promoted; then a drop with shuffled labels passes validation, and the gate refuses the model trained on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from rich.table import Table
+
+from components.config import ConfigError, Params
+from components.corpus import synthesize_corpus
+from components.drops import write_drop
+from components.registry import champion, registry_client
+from pipelines.flows import continuous_training
+
+DVC_REMOTE = "dvc-remote"
+
+
+@dataclass(frozen=True)
+class StoryStep:
+    step: str
+    outcome: str  # promoted / refused / skipped
+    version: str
+    drift: dict[str, float]  # the champion before the step, on the new domain vs the known ones
+    challenger: dict[str, float]  # INT8 test accuracy per domain, "overall" first
+    failures: list[str]
+    champion_after: str
+    seconds: float
+
+
+def workspace_params(params: Params) -> Params:
+    """The demo's params: only the baseline domains in the corpus; every other recipe arrives as a drop."""
+    settings = params.model_dump(mode="json")
+    recipes = settings["synthesis"]["domains"] | settings["synthesis"]["drop_domains"]
+    baseline = params.demo.baseline_domains
+    unknown = [d for d in [*baseline, params.demo.good_drop, params.demo.bad_drop] if d not in recipes]
+    if unknown:
+        raise ConfigError(f"demo: domain(s) {', '.join(unknown)} have no recipe in synthesis.domains/drop_domains")
+    settings["synthesis"]["domains"] = {d: recipes[d] for d in baseline}
+    settings["synthesis"]["drop_domains"] = {d: r for d, r in recipes.items() if d not in baseline}
+    settings["dataset"]["domains"] = {d: f"{settings['synthesis']['out_dir']}/{d}" for d in baseline}
+    return Params.model_validate(settings)
+
+
+def _run(args: list[str], cwd: Path) -> None:
+    subprocess.run(args, cwd=cwd, check=True, capture_output=True, text=True)
+
+
+def prepare_workspace(params: Params) -> Path:
+    """A fresh git + DVC repo with a local DVC remote and the demo's params.yaml; returns its path."""
+    workspace = params.demo.workspace.resolve()
+    shutil.rmtree(workspace, ignore_errors=True)
+    workspace.mkdir(parents=True)
+    dvc = [sys.executable, "-m", "dvc"]
+    _run(["git", "init", "-q"], workspace)
+    # A repo of the demo's own: its data commits must not need (or use) the user's git identity.
+    _run(["git", "config", "user.name", "earshot demo"], workspace)
+    _run(["git", "config", "user.email", "demo@earshot.invalid"], workspace)
+    _run([*dvc, "init", "-q"], workspace)
+    _run([*dvc, "remote", "add", "-d", "local", DVC_REMOTE], workspace)
+    (workspace / ".gitignore").write_text(f"/{DVC_REMOTE}\n/mlflow.db\n/mlartifacts\n/mlruns\n/.earshot\n"
+                                          "/data/incoming\n/data/quarantine\n/data/features\n/models\n/reports\n")
+    demo = workspace_params(params)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(demo.model_dump(mode="json"), sort_keys=False))
+    _run(["git", "add", "."], workspace)
+    _run(["git", "commit", "-q", "-m", "demo workspace"], workspace)
+    return workspace
+
+
+def run_demo(params: Params) -> list[StoryStep]:
+    """Baseline → good drop (retrain, gate, promote) → shuffled-label drop (retrain, gate refuses); one row each."""
+    workspace = prepare_workspace(params)
+    steps = []
+    with contextlib.chdir(workspace):
+        demo = workspace_params(params)
+        synthesize_corpus(demo)
+        _run([sys.executable, "-m", "dvc", "add", "-q", str(demo.synthesis.out_dir)], workspace)
+        _run(["git", "add", "-A"], workspace)
+        _run(["git", "commit", "-q", "-m", "data: baseline corpus"], workspace)
+        steps.append(_step(demo, f"train on {', '.join(demo.demo.baseline_domains)}", None, None))
+        for number, (domain, shuffled) in enumerate([(demo.demo.good_drop, False), (demo.demo.bad_drop, True)], 1):
+            drop = demo.continuous.incoming / domain / f"drop-{number:03d}"
+            write_drop(demo, domain, drop, speakers=demo.demo.drop_speakers, drop_seed=number,
+                       shuffled_labels=shuffled)
+            label = f"drop of {domain}" + (" (labels shuffled)" if shuffled else "")
+            steps.append(_step(demo, label, drop, domain))
+        _run([sys.executable, "-m", "dvc", "push", "-q"], workspace)
+    return steps
+
+
+def _step(params: Params, label: str, drop: Path | None, domain: str | None) -> StoryStep:
+    start = time.perf_counter()
+    outcome = continuous_training("params.yaml", str(drop) if drop else None, domain)
+    seconds = time.perf_counter() - start
+    gate = json.loads(outcome["gate"])
+    challenger = {"overall": gate["challenger"]["accuracy"]} | gate["challenger"]["per_domain"]
+    current = champion(registry_client(params.tracking), params.tracking.registered_model)
+    failures = [check["name"] for check in gate["checks"] if not check["passed"]]
+    return StoryStep(label, outcome["outcome"], outcome["version"], outcome["drift"], challenger, failures,
+                     current.version if current else "none", seconds)
+
+
+def story_table(steps: list[StoryStep]) -> Table:
+    table = Table(title="earshot · continuous training story", title_justify="left")
+    for column in ("step", "champion before: new / known domains", "challenger (INT8 test accuracy)", "gate",
+                   "champion after", "time"):
+        table.add_column(column)
+    for s in steps:
+        drift = (f"{s.drift['new_domain']:.1%} / {s.drift['known_domains']:.1%}" if "new_domain" in s.drift
+                 else "-")
+        figures = " · ".join(f"{d} {v:.1%}" for d, v in s.challenger.items())
+        verdict = f"v{s.version} {s.outcome}" + (f": {'; '.join(s.failures)}" if s.failures else "")
+        table.add_row(s.step, drift, figures, verdict, f"v{s.champion_after}", f"{s.seconds:.0f} s")
+    return table

@@ -1,0 +1,301 @@
+"""The continuous-training loop under a real Prefect API and a real MLflow store (sqlite), end to end.
+
+Domains are tone worlds (each word a pitch of its own, other pitch ranges per domain) so a tiny model learns them
+in seconds and every gate verdict below is decided by the data, not by luck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from components.config import Params, load_params
+from components.dataset import which_set
+from components.export import INT8_FILE
+from components.lock import Busy, exclusive
+from components.registry import (
+    CHAMPION,
+    PREVIOUS,
+    champion,
+    deployable_files,
+    promotion_log,
+    registry_client,
+    rollback,
+)
+from pipelines import stages
+from pipelines.flows import continuous_training, deployments, watch_incoming
+from tests.conftest import tiny_settings, write_tree
+
+BIN = Path(sys.executable).parent
+
+
+def labels(settings: dict) -> list[str]:
+    return [*settings["dataset"]["words"], *settings["synthesis"]["unknown_words"]]
+
+
+def pitches(settings: dict, lowest: float) -> dict[str, float]:
+    return {word: lowest + 100.0 * i for i, word in enumerate(labels(settings))}
+
+
+def speakers(prefix: str, count: int, split: str | None = None) -> list[str]:
+    """Speaker ids with a prefix per domain, in `split` by the rule write_tree's lists follow; without a split, half
+    training and a quarter each validation and testing, so a small domain still has every split."""
+    if split is None:
+        shares = {"training": count // 2, "validation": count // 4}
+        shares["testing"] = count - sum(shares.values())
+        return [name for part, n in shares.items() for name in speakers(prefix, n, part)]
+    def rule(name: str, percent: float) -> str:
+        return which_set(f"x/{name}_nohash_0.wav", percent, percent)
+
+    # Training speakers must train under the params' 25/25 rule too (ingest may re-derive splits with it).
+    names = (f"{prefix}{i:07x}" for i in range(10_000))
+    return [n for n in names if rule(n, 20.0) == split and (split != "training" or rule(n, 25.0) == split)][:count]
+
+
+class World:
+    """A project folder with params, a base tone domain `lab_a`, and helpers to drop data and run the loop."""
+
+    def __init__(self, root: Path, **gate: float) -> None:
+        self.root = root
+        settings = tiny_settings(root)
+        self.settings = settings
+        write_tree(root / "base/lab_a", pitches(settings, 300.0), speakers("a", 12))
+        settings["dataset"]["domains"] = {"lab_a": str(root / "base/lab_a")}
+        settings["train"] |= {"epochs": 40, "patience": 40}
+        settings["export"]["min_parity"] = 0.9
+        settings["gate"] |= {"min_new_domain_accuracy": 0.8, "min_int8_parity": 0.9, "golden_clips": 6} | gate
+        settings["continuous"] = {"incoming": str(root / "incoming"), "lock": str(root / "retrain.lock")}
+        self.params_path = root / "params.yaml"
+        self.params_path.write_text(yaml.safe_dump(settings, sort_keys=False))
+        self.params: Params = load_params(self.params_path)
+        self.client = registry_client(self.params.tracking)
+        self.name = self.params.tracking.registered_model
+
+    def drop(self, domain: str, lowest: float, count: int = 12, detune: int = 0, shuffled: bool = False,
+             split: str | None = None) -> Path:
+        folder = self.root / "incoming" / domain / f"drop-{lowest:.0f}-{detune}"
+        write_tree(folder, pitches(self.settings, lowest), speakers(domain[-1], count, split), detune=detune)
+        if shuffled:
+            shuffle_labels(folder)
+        return folder
+
+    def retrain(self, drop: Path | None = None, domain: str | None = None) -> dict:
+        return continuous_training(str(self.params_path), str(drop) if drop else None, domain)
+
+    def aliases(self) -> dict[str, str]:
+        return {alias: str(version) for alias, version in self.client.get_registered_model(self.name).aliases.items()}
+
+    def assert_one_valid_champion(self) -> None:
+        current = champion(self.client, self.name)
+        assert current is not None and current.tags["gate"] == "passed"
+        with tempfile.TemporaryDirectory() as scratch:
+            files = deployable_files(self.client, self.name, str(current.version), Path(scratch))
+            assert (files / INT8_FILE).is_file()
+
+
+def shuffle_labels(tree: Path) -> None:
+    """Give each speaker's clips each other's labels (a seeded derangement per speaker), as a careless vendor might."""
+    rng = np.random.default_rng(7)
+    by_speaker: dict[str, list[Path]] = {}
+    for path in sorted(tree.glob("*/*.wav")):
+        if path.parent.name != "_background_noise_":
+            by_speaker.setdefault(path.name, []).append(path)
+    for name, paths in by_speaker.items():
+        words = [p.parent.name for p in paths]
+        shift = int(rng.integers(1, len(words)))
+        staged = [p.read_bytes() for p in paths]
+        for data, word in zip(staged, words[shift:] + words[:shift], strict=True):
+            (tree / word / name).write_bytes(data)
+
+
+def read_api(method: str, **filters) -> list:
+    """Call one read method of the Prefect client against the test API."""
+    from prefect.client.orchestration import get_client
+
+    async def call() -> list:
+        async with get_client() as client:
+            return await getattr(client, method)(**filters)
+
+    return asyncio.run(call())
+
+
+@pytest.fixture(scope="module")
+def story(prefect_api, tmp_path_factory):
+    """Baseline on lab_a, a good drop of lab_b, then a shuffled-label drop of lab_c: each step's outcome."""
+    root = tmp_path_factory.mktemp("story")
+    cwd = Path.cwd()
+    os.chdir(root)  # MLflow puts a sqlite store's artifacts under the working directory
+    try:
+        world = World(root)
+        baseline = world.retrain()
+        after_baseline = world.aliases()
+        good_drop = world.drop("lab_b", 1600.0)
+        good = world.retrain(good_drop, "lab_b")
+        after_good = world.aliases()
+        bad = world.retrain(world.drop("lab_c", 2900.0, shuffled=True), "lab_c")
+        after_bad = world.aliases()
+        yield {"world": world, "baseline": baseline, "good": good, "bad": bad, "good_drop": good_drop,
+               "after_baseline": after_baseline, "after_good": after_good, "after_bad": after_bad}
+    finally:
+        os.chdir(cwd)
+
+
+def test_baseline_becomes_the_first_champion(story):
+    assert story["baseline"]["outcome"] == "promoted"
+    assert story["after_baseline"] == {CHAMPION: story["baseline"]["version"]}
+
+
+def test_good_drop_is_promoted_and_the_old_champion_kept_as_previous(story):
+    world, good = story["world"], story["good"]
+    assert good["outcome"] == "promoted", good["gate"]
+    assert story["after_good"][CHAMPION] == good["version"]
+    assert story["after_good"][PREVIOUS] == story["baseline"]["version"]
+    # The drift signal: the old champion had never heard lab_b and it showed before retraining.
+    assert good["drift"]["new_domain"] < 0.5 < good["drift"]["known_domains"]
+    version = world.client.get_model_version(world.name, good["version"])
+    assert version.tags["gate"] == "passed" and version.tags["new_domain"] == "lab_b"
+    assert version.tags["training_key"] == good["training_key"] and version.tags["dataset_version"]
+    assert "Gate PASSED" in version.description
+    run = world.client.get_run(good["run_id"])
+    assert run.data.metrics["drift.champion_accuracy.new_domain"] == pytest.approx(good["drift"]["new_domain"])
+    assert run.data.tags["champion_version"] == story["baseline"]["version"]
+
+
+def test_shuffled_label_drop_is_refused_and_the_champion_stays(story):
+    world, bad = story["world"], story["bad"]
+    assert bad["outcome"] == "refused"
+    gate = json.loads(bad["gate"])
+    failed = {check["name"] for check in gate["checks"] if not check["passed"]}
+    assert "new domain lab_c" in failed
+    assert gate["challenger"]["per_domain"]["lab_c"] < 0.5
+    assert story["after_bad"][CHAMPION] == story["good"]["version"]
+    assert story["after_bad"][PREVIOUS] == story["baseline"]["version"]
+    rejected = [alias for alias, version in story["after_bad"].items() if version == bad["version"]]
+    assert len(rejected) == 1 and rejected[0].startswith("rejected-")
+    version = world.client.get_model_version(world.name, bad["version"])
+    assert version.tags["gate"] == "refused" and "new domain lab_c" in version.tags["gate_failures"]
+    world.assert_one_valid_champion()
+
+
+def test_the_gate_report_is_a_prefect_markdown_artifact(story, prefect_api):
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    reports = read_api("read_artifacts", artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["gate-report"])))
+    texts = [artifact.data for artifact in reports]
+    assert any("Gate REFUSED" in text and "new domain lab_c" in text for text in texts), texts
+    assert any("Gate PASSED" in text and "Drift" in text and "new domain lab_b" in text for text in texts), texts
+
+
+def test_the_same_drop_never_retrains_twice(story):
+    world = story["world"]
+    versions_before = len(world.client.search_model_versions(f"name='{world.name}'"))
+    again = world.retrain(story["good_drop"], "lab_b")
+    assert again["outcome"] == "skipped"
+    assert len(world.client.search_model_versions(f"name='{world.name}'")) == versions_before
+    nightly = world.retrain()  # no drop and nothing changed: the nightly run does nothing either
+    assert nightly["outcome"] == "skipped"
+    assert world.aliases()[CHAMPION] == story["good"]["version"]
+
+
+def test_watcher_starts_one_flow_run_per_drop_however_often_it_looks(story, prefect_api):
+    world = story["world"]
+    for deployment in deployments(str(world.params_path)):
+        deployment.apply()
+    first = watch_incoming(str(world.params_path))
+    second = watch_incoming(str(world.params_path))
+    drops = sorted(str(p) for p in (world.root / "incoming").glob("*/*"))
+    assert sorted(first) == drops and second == []
+    [manual] = [d for d in read_api("read_deployments") if d.name == "manual"]
+    runs = [r for r in read_api("read_flow_runs") if r.deployment_id == manual.id]
+    assert sorted(r.parameters["drop"] for r in runs) == drops
+    listed = subprocess.run([str(BIN / "prefect"), "deployment", "ls"], capture_output=True, text=True,
+                            env=os.environ | {"PREFECT_API_URL": prefect_api}, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    for name in ("manual", "nightly", "new-data"):
+        assert name in listed.stdout, listed.stdout
+
+
+def test_rollback_moves_champion_back_and_is_logged(story):
+    world = story["world"]
+    event = rollback(world.client, world.name, "test")
+    assert event.version == story["baseline"]["version"]
+    assert world.aliases()[CHAMPION] == story["baseline"]["version"] and PREVIOUS not in world.aliases()
+    actions = [(e.action, e.version) for e in promotion_log(world.client, world.name)]
+    assert actions == [("promote", story["baseline"]["version"]), ("promote", story["good"]["version"]),
+                       ("reject", story["bad"]["version"]), ("rollback", story["baseline"]["version"])]
+    world.assert_one_valid_champion()
+
+
+def test_one_old_domain_regressing_is_refused_even_when_the_average_improves(prefect_api, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    world = World(tmp_path)
+    first = world.retrain()
+    assert first["outcome"] == "promoted"
+    # Someone ingested a batch into lab_a with "yes" and "no" swapped (training speakers only), and no retrain.
+    mislabeled = world.root / "vendor"
+    swapped = pitches(world.settings, 300.0)
+    swapped["yes"], swapped["no"] = swapped["no"], swapped["yes"]
+    write_tree(mislabeled, swapped, speakers("v", 30, "training"), detune=20)
+    stages.ingest(world.params, mislabeled, "lab_a")
+    # Then a good drop of a new domain lands: the challenger gains far more on lab_b than it loses on lab_a.
+    result = world.retrain(world.drop("lab_b", 1600.0), "lab_b")
+    gate = json.loads(result["gate"])
+    assert result["outcome"] == "refused"
+    assert gate["challenger"]["accuracy"] > gate["champion"]["accuracy"]
+    checks = {check["name"]: check["passed"] for check in gate["checks"]}
+    assert checks["no regression on lab_a"] is False
+    assert checks["overall accuracy not lower"] is True and checks["new domain lab_b"] is True
+    assert world.aliases()[CHAMPION] == first["version"]
+
+
+def test_a_second_retraining_waits_for_none_it_stops_at_once(tmp_path):
+    world_lock = tmp_path / "retrain.lock"
+    settings = tiny_settings(tmp_path) | {"continuous": {"lock": str(world_lock)}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(settings))
+    with exclusive(world_lock, "retraining"), pytest.raises(Busy, match=str(os.getpid())):
+        continuous_training.fn(str(tmp_path / "params.yaml"))
+
+
+def test_a_killed_retraining_resumes_from_its_checkpoint(prefect_api, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    world = World(tmp_path)
+    settings = world.settings
+    settings["train"] |= {"epochs": 40, "patience": 40}
+    world.params_path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    checkpoint = Path(settings["paths"]["model_dir"]) / "checkpoint.pt"
+    env = os.environ | {"PREFECT_API_URL": prefect_api, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    child = subprocess.Popen([str(BIN / "earshot"), "retrain", "--params", str(world.params_path)], cwd=tmp_path,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not checkpoint.is_file():
+        assert child.poll() is None, child.stderr.read().decode()
+        assert time.monotonic() < deadline, "training never wrote a checkpoint"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    killed_run = json.loads((Path(settings["paths"]["model_dir"]) / "run.json").read_text())["run_id"]
+    assert champion(world.client, world.name) is None  # killed before promotion: nothing half-promoted
+
+    result = world.retrain()
+    assert result["outcome"] == "promoted" and result["run_id"] == killed_run
+    run = world.client.get_run(result["run_id"])
+    assert int(run.data.tags["resumed_from_epoch"]) >= 1
+    steps = [m.step for m in world.client.get_metric_history(killed_run, "val_accuracy")]
+    assert sorted(set(steps)) == list(range(max(steps) + 1))  # one curve, no restart from epoch 0
+    assert not checkpoint.exists()
+    world.assert_one_valid_champion()
+    mlflow.set_tracking_uri("")
