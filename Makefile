@@ -1,4 +1,4 @@
-# `make demo` runs the whole keyword-spotting story on embedded defaults; `make test` runs the test suite.
+# `make demo` runs the continuous-training story on embedded defaults; `make test` runs the test suite.
 # Both create .venv and install what they need on first use.
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -15,9 +15,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	dvc repro
-	dvc push --quiet
-	earshot summary
+	earshot demo
 
 test: install
 	$(PY) -m pytest -q
@@ -29,4 +27,4 @@ lint: install
 	ruff check .
 
 clean:
-	rm -rf data/synth data/features models reports mlflow.db mlruns .dvc-remote .earshot
+	rm -rf data/synth data/features data/incoming models reports mlflow.db mlruns mlartifacts .dvc-remote .earshot

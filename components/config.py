@@ -108,6 +108,9 @@ class Train(Strict):
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.01
     patience: PositiveInt = 5
     threads: PositiveInt = 2
+    # Retraining starts from the champion's weights when its architecture and labels match: it keeps what the
+    # champion knows about old domains while it learns the new one.
+    warm_start: bool = True
 
 
 class Export(Strict):
@@ -161,7 +164,7 @@ class Demo(Strict):
     baseline_domains: list[str] = Field(default_factory=lambda: ["studio_us"], min_length=1)
     good_drop: str = "car_scottish"
     bad_drop: str = "office_uk"
-    drop_speakers: PositiveInt = 48
+    drop_speakers: PositiveInt = 96
 
 
 class Paths(Strict):

@@ -57,7 +57,7 @@ def load_model(path: Path) -> tuple[KeywordSpotter, dict[str, Any]]:
     """Rebuild a saved KeywordSpotter in eval mode, with its card."""
     if not Path(path).is_file():
         raise EarshotError(f"{path}: model not found; run the train stage first")
-    saved = torch.load(path, weights_only=False)
+    saved = torch.load(path, weights_only=True)
     card = saved["card"]
     model = KeywordSpotter(card["features"]["n_mels"], len(card["label_names"]), Model(**card["model"]))
     model.load_state_dict(saved["state_dict"])

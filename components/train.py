@@ -50,8 +50,12 @@ def train_model(
     params: Params,
     checkpoint: Path | None = None,
     on_epoch: Callable[[dict[str, float]], None] = lambda metrics: None,
+    initial_weights: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
-    """Train a KeywordSpotter on the training split, keeping the weights of the best validation epoch."""
+    """Train a KeywordSpotter on the training split, keeping the weights of the best validation epoch.
+
+    `initial_weights` (a state_dict of the same architecture) warm-starts it; a checkpoint still wins when resuming.
+    """
     cfg, sample_rate = params.train, params.dataset.sample_rate
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(params.seed)
@@ -60,6 +64,8 @@ def train_model(
     waves, noise = train.float_waves(), data.noise.float() / FULL_SCALE
     front_end = LogMel(params.features, sample_rate)
     model = KeywordSpotter(params.features.n_mels, len(data.label_names), params.model)
+    if initial_weights is not None:
+        model.load_state_dict(initial_weights)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(waves) // cfg.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)

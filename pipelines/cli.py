@@ -1,11 +1,11 @@
-"""`earshot`: the command line over the pipeline stages (what dvc.yaml runs) and the Prefect flow.
+"""`earshot`: the command line over the pipeline stages (what dvc.yaml runs), the Prefect flows and the registry.
 
 Expected failures print one line naming the file and the problem and exit 1; `--debug` shows the traceback.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -187,10 +187,12 @@ def summary(params: ParamsOption = Path("params.yaml")) -> None:
 
 
 def summary_table(params: Params) -> Table:
+    from pipelines.stages import read_json
+
     reports, model_dir = params.paths.reports, params.paths.model_dir
-    metrics = _read_json(reports / "metrics.json")
-    exported = _read_json(reports / "export.json")
-    run = _read_json(model_dir / "run.json")
+    metrics = read_json(reports / "metrics.json")
+    exported = read_json(reports / "export.json")
+    run = read_json(model_dir / "run.json")
     table = Table(title="earshot · keyword spotting", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
@@ -206,14 +208,11 @@ def summary_table(params: Params) -> Table:
     return table
 
 
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise EarshotError(f"{path}: not found; run `dvc repro` first")
-    return json.loads(path.read_text())
-
-
 def main() -> None:
     """Entry point: run the app, turning expected failures into one line and exit code 1."""
+    # The local Prefect server's telemetry would phone home (there is no network here) and races its own database
+    # at start-up, printing a traceback; users can still turn it on.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         app(standalone_mode=False)
     except EarshotError as err:

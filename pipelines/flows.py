@@ -7,6 +7,7 @@ logic lives here. `deployments` declares how the loop is started: by new data, n
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from components.errors import EarshotError
 from components.export import ParityError
 from components.lock import exclusive
 from components.registry import gated_version, registry_client
+from components.tracking import tracking_uri
 from pipelines import stages
 
 FLOW = "continuous_training"
@@ -52,7 +54,10 @@ training_key = _stage_task(stages.training_key)
 
 
 def _champion_score_key(_context: Any, arguments: dict[str, Any]) -> str:
-    return f"champion-score-{arguments['version']}-{arguments['training_key']}"
+    # Version numbers repeat across registries, so the store and the model name are part of the key.
+    tracking = arguments["params"].tracking
+    identity = [tracking_uri(tracking), tracking.registered_model, arguments["version"], arguments["training_key"]]
+    return "champion-score-" + hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]
 
 
 @task(name="score_champion", cache_key_fn=_champion_score_key, cache_expiration=timedelta(days=7), retries=2,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from rich.console import Console
 
@@ -43,8 +44,11 @@ from components.versioning import commit_data_version, git_commit
 console = Console()
 
 
+MODEL_FILE = "model.pt"
+
+
 def model_file(params: Params) -> Path:
-    return params.paths.model_dir / "model.pt"
+    return params.paths.model_dir / MODEL_FILE
 
 
 def run_file(params: Params) -> Path:
@@ -131,12 +135,15 @@ def train(params: Params) -> str:
     tags = {"dataset_version": data.version, "track": "kws", "training_key": run_fingerprint(params, data.version),
             "ingested_data_version": ledger[-1]["data_version"] if ledger else "none"}
     with training_run(params, run_file(params), tags=tags, resume=checkpoint.is_file()) as run:
-        result = train_model(data, params, checkpoint=checkpoint, on_epoch=_report_epoch)
+        weights, origin = champion_weights(params, data.label_names)
+        mlflow.set_tag("warm_start", origin)
+        result = train_model(data, params, checkpoint=checkpoint, on_epoch=_report_epoch, initial_weights=weights)
         card = {"label_names": data.label_names, "domain_names": data.domain_names,
                 "features": params.features.model_dump(), "model": params.model.model_dump(),
                 "sample_rate": params.dataset.sample_rate, "clip_samples": params.dataset.clip_samples,
                 "dataset_version": data.version, "run_id": run.info.run_id}
         save_model(result.model, model_file(params), card)
+        mlflow.log_artifact(str(model_file(params)), artifact_path="weights")  # what the next retraining starts from
         summary = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
                    "epochs_run": len(result.history), "parameters": count_parameters(result.model)}
         mlflow.log_metrics({"best_val_accuracy": result.best_val_accuracy, "parameters": summary["parameters"]})
@@ -148,6 +155,28 @@ def train(params: Params) -> str:
         write_json(out / "train_metrics.json", summary)
         write_csv(out / "history.csv", result.history, list(result.history[0]))
         return run.info.run_id
+
+
+def champion_weights(params: Params, label_names: list[str]) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """The champion's weights when retraining may start from them, and a word on where training started."""
+    if not params.train.warm_start:
+        return None, "off"
+    client, name = registry_client(params.tracking), params.tracking.registered_model
+    current = champion(client, name)
+    if current is None:
+        return None, "scratch (no champion)"
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{current.run_id}/weights/{MODEL_FILE}",
+                                                       dst_path=scratch, tracking_uri=client.tracking_uri)
+        except MlflowException:
+            return None, f"scratch (champion v{current.version} has no weights)"
+        model, card = load_model(Path(path))
+    same = (card["label_names"] == label_names and card["model"] == params.model.model_dump()
+            and card["features"] == params.features.model_dump())
+    if not same:
+        return None, f"scratch (champion v{current.version} has other labels or settings)"
+    return model.state_dict(), f"champion v{current.version}"
 
 
 def _report_epoch(metrics: dict[str, float]) -> None:
@@ -243,8 +272,7 @@ def score_champion(params: Params, version: str) -> ChampionScore:
 def gate(params: Params, new_domain: str | None, champion_score: ChampionScore | None) -> GateReport:
     """Run the regression gate on the exported challenger; write reports/gate.{json,md}; log them to its run."""
     test = KwsData.load(params.paths.features).split("testing")
-    int8 = next(row for row in _read_json(params.paths.reports / "export.json")["variants"]
-                if row["name"] == "onnx_int8")
+    int8 = int8_figures(params)
     golden = {} if champion_score is None else pick_golden(
         test, champion_score.top1, params.dataset.domains, params.gate.golden_clips, params.seed)
     challenger = scored_candidate(onnx_predictions(params.paths.model_dir / INT8_FILE, test.mels), test,
@@ -280,8 +308,7 @@ def decide(params: Params, report: GateReport, new_domain: str | None) -> Decisi
     client, name = registry_client(params.tracking), params.tracking.registered_model
     run_id = json.loads(run_file(params).read_text())["run_id"]
     run_tags = client.get_run(run_id).data.tags
-    int8 = next(row for row in _read_json(params.paths.reports / "export.json")["variants"]
-                if row["name"] == "onnx_int8")
+    int8 = int8_figures(params)
     tags = {"gate": "passed" if report.passed else "refused", "training_key": run_tags["training_key"],
             "dataset_version": run_tags["dataset_version"],
             "ingested_data_version": run_tags["ingested_data_version"], "git_commit": git_commit(Path.cwd()),
@@ -321,10 +348,16 @@ def ingest(params: Params, drop: Path, domain: str) -> IngestReport:
     return report
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     if not path.is_file():
         raise EarshotError(f"{path}: not found; run the stage that writes it first")
     return json.loads(path.read_text())
+
+
+def int8_figures(params: Params) -> dict[str, object]:
+    """The INT8 row of the last export report: what the gate judges and the registry records."""
+    variants = read_json(params.paths.reports / "export.json")["variants"]
+    return next(row for row in variants if row["name"] == "onnx_int8")
 
 
 STAGES = {"synthesize": synthesize_corpus, "featurize": featurize_stage, "train": train, "evaluate": evaluate,
