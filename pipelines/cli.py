@@ -177,7 +177,11 @@ def demo(params: ParamsOption = Path("params.yaml")) -> None:
     """The continuous-training story in a workspace of its own: baseline, a good drop promoted, a bad one refused."""
     from pipelines.demo import run_demo, story_table
 
-    console.print(story_table(run_demo(load_params(params))))
+    settings = load_params(params)
+    console.print(story_table(run_demo(settings)))
+    console.print(f"Runs, gate reports and the registry: .venv/bin/mlflow ui --backend-store-uri "
+                  f"sqlite:///{settings.demo.workspace}/mlflow.db --host 127.0.0.1  → http://127.0.0.1:5000",
+                  soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -213,6 +217,8 @@ def main() -> None:
     # The local Prefect server's telemetry would phone home (there is no network here) and races its own database
     # at start-up, printing a traceback; users can still turn it on.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # MLflow draws a progress bar for every champion download (a few KiB); the stage lines say enough.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         app(standalone_mode=False)
     except EarshotError as err:

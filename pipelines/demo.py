@@ -30,6 +30,7 @@ DVC_REMOTE = "dvc-remote"
 @dataclass(frozen=True)
 class StoryStep:
     step: str
+    domain: str | None  # the drop's domain
     outcome: str  # promoted / refused / skipped
     version: str
     drift: dict[str, float]  # the champion before the step, on the new domain vs the known ones
@@ -107,19 +108,20 @@ def _step(params: Params, label: str, drop: Path | None, domain: str | None) -> 
     challenger = {"overall": gate["challenger"]["accuracy"]} | gate["challenger"]["per_domain"]
     current = champion(registry_client(params.tracking), params.tracking.registered_model)
     failures = [check["name"] for check in gate["checks"] if not check["passed"]]
-    return StoryStep(label, outcome["outcome"], outcome["version"], outcome["drift"], challenger, failures,
+    return StoryStep(label, domain, outcome["outcome"], outcome["version"], outcome["drift"], challenger, failures,
                      current.version if current else "none", seconds)
 
 
 def story_table(steps: list[StoryStep]) -> Table:
+    """One row per step; every per-domain figure and check is in the gate report of the step's MLflow run."""
     table = Table(title="earshot · continuous training story", title_justify="left")
-    for column in ("step", "champion before: new / known domains", "challenger (INT8 test accuracy)", "gate",
-                   "champion after", "time"):
+    for column in ("step", "old champion: new / known domains", "challenger: overall / new domain", "gate",
+                   "champion", "time"):
         table.add_column(column)
     for s in steps:
-        drift = (f"{s.drift['new_domain']:.1%} / {s.drift['known_domains']:.1%}" if "new_domain" in s.drift
-                 else "-")
-        figures = " · ".join(f"{d} {v:.1%}" for d, v in s.challenger.items())
-        verdict = f"v{s.version} {s.outcome}" + (f": {'; '.join(s.failures)}" if s.failures else "")
+        drift = f"{s.drift['new_domain']:.1%} / {s.drift['known_domains']:.1%}" if "new_domain" in s.drift else "-"
+        figures = f"{s.challenger['overall']:.1%}" + (f" / {s.challenger[s.domain]:.1%}" if s.domain else "")
+        verdict = f"v{s.version} {s.outcome}" + (f" ({len(s.failures)} checks failed: {s.failures[0]}, …)"
+                                                  if s.failures else "")
         table.add_row(s.step, drift, figures, verdict, f"v{s.champion_after}", f"{s.seconds:.0f} s")
     return table

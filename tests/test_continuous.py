@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
@@ -299,3 +300,25 @@ def test_a_killed_retraining_resumes_from_its_checkpoint(prefect_api, tmp_path, 
     assert not checkpoint.exists()
     world.assert_one_valid_champion()
     mlflow.set_tracking_uri("")
+
+
+def test_earshot_serve_registers_the_three_deployments_and_leaves_schedules_on_at_exit(prefect_api, tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_settings(tmp_path)))
+    env = os.environ | {"PREFECT_API_URL": prefect_api}
+    start = datetime.now(UTC)
+    server = subprocess.Popen([str(BIN / "earshot"), "serve", "--params", str(tmp_path / "params.yaml")],
+                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wanted = {"manual", "nightly", "new-data"}
+    try:
+        deadline = time.monotonic() + 120
+        # Other tests may have registered the same names; only ones updated by this server count.
+        while not wanted <= {d.name for d in read_api("read_deployments") if d.updated and d.updated >= start}:
+            assert server.poll() is None, server.stderr.read().decode()
+            assert time.monotonic() < deadline, "earshot serve registered no deployments"
+            time.sleep(1)
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=60)
+    served = {d.name: d for d in read_api("read_deployments") if d.name in wanted}
+    assert not any(d.paused for d in served.values())  # pause_on_shutdown=False: the nightly run still fires
+    assert [s.schedule.cron for s in served["nightly"].schedules] == ["0 3 * * *"]

@@ -34,7 +34,8 @@ def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedP
 def dvc_repo(tmp_path_factory) -> Path:
     """A git + DVC repo holding the project's pipeline and components, with tiny params, after one `dvc repro`."""
     repo = tmp_path_factory.mktemp("repo")
-    shutil.copytree(PROJECT / "components", repo / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("components", "pipelines"):
+        shutil.copytree(PROJECT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(PROJECT / "dvc.yaml", repo / "dvc.yaml")
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_settings(None), sort_keys=False))
     (repo / "data/domains").mkdir(parents=True)

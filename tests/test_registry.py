@@ -245,7 +245,9 @@ def test_reject_marks_the_challenger_and_leaves_the_champion(client: MlflowClien
     promote(client, name, v1, "first")
     # A clock that moves a microsecond per reading: all rejections fall in one second (and one millisecond, so
     # only the microseconds kept in the log can order them), deterministically.
-    start = datetime(2026, 11, 24, 8, 15, 0, tzinfo=UTC)
+    # An hour ahead of the real clock the promotion above read, so the log's order is the order of the calls.
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    stamp = f"rejected-{start:%Y%m%d-%H%M%S}"
     ticks = itertools.count()
     monkeypatch.setattr(registry, "_now", lambda: start + timedelta(microseconds=next(ticks)))
 
@@ -253,15 +255,15 @@ def test_reject_marks_the_challenger_and_leaves_the_champion(client: MlflowClien
               reject(client, name, refused[1], ["x" * 6000])]
     events += [reject(client, name, v, [f"failure {v}"]) for v in refused[2:]]
 
-    assert aliases(client, name) == {CHAMPION: v1, "rejected-20261124-081500": refused[0],
-                                     **{f"rejected-20261124-081500-{n}": v for n, v in enumerate(refused[1:], 2)}}
+    assert aliases(client, name) == {CHAMPION: v1, stamp: refused[0],
+                                     **{f"{stamp}-{n}": v for n, v in enumerate(refused[1:], 2)}}
     assert one_passed_champion(client, name) == v1
     tags = client.get_model_version(name, refused[0]).tags
     assert tags["gate"] == "refused"
     assert tags["gate_failures"] == "domain car_scottish: -2.1 points; int8 latency 3.1 ms"
     assert len(client.get_model_version(name, refused[1]).tags["gate_failures"]) == registry.MAX_TEXT
     assert (events[0].action, events[0].version, events[0].replaced, events[0].at) == \
-        ("reject", refused[0], "", "2026-11-24T08:15:00+00:00")
+        ("reject", refused[0], "", start.isoformat())
     log = promotion_log(client, name)
     assert [(e.action, e.version) for e in log] == [("promote", v1)] + [("reject", v) for v in refused]
     assert log[1:] == events

@@ -63,7 +63,8 @@ def test_interrupted_training_resumes_to_the_same_result(tone_task, tmp_path):
     assert checkpoint.is_file()
     resumed_epochs = []
     resumed = train_model(data, params, checkpoint=checkpoint, on_epoch=resumed_epochs.append)
-    assert [m["epoch"] for m in resumed_epochs] == list(range(2, len(straight.history)))
+    # The crash came after epoch 1 was reported but before it was checkpointed: it runs again, nothing is skipped.
+    assert [m["epoch"] for m in resumed_epochs] == list(range(1, len(straight.history)))
     assert resumed.history == straight.history
     assert not checkpoint.exists()  # a finished run leaves nothing to resume
 
