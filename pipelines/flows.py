@@ -54,9 +54,11 @@ training_key = _stage_task(stages.training_key)
 
 
 def _champion_score_key(_context: Any, arguments: dict[str, Any]) -> str:
-    # Version numbers repeat across registries, so the store and the model name are part of the key.
+    # Version numbers repeat across registries, so the store (a relative sqlite URI means one per folder) and the
+    # model name are part of the key; Prefect's cache is shared by every project of the user.
     tracking = arguments["params"].tracking
-    identity = [tracking_uri(tracking), tracking.registered_model, arguments["version"], arguments["training_key"]]
+    identity = [str(Path.cwd()), tracking_uri(tracking), tracking.registered_model, arguments["version"],
+                arguments["training_key"]]
     return "champion-score-" + hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]
 
 

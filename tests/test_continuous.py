@@ -25,6 +25,7 @@ import yaml
 from components.config import Params, load_params
 from components.dataset import which_set
 from components.export import INT8_FILE
+from components.ingest import DropError
 from components.lock import Busy, exclusive
 from components.registry import (
     CHAMPION,
@@ -36,7 +37,7 @@ from components.registry import (
     rollback,
 )
 from pipelines import stages
-from pipelines.flows import continuous_training, deployments, watch_incoming
+from pipelines.flows import _transient, continuous_training, deployments, score_champion, watch_incoming
 from tests.conftest import tiny_settings, write_tree
 
 BIN = Path(sys.executable).parent
@@ -322,3 +323,25 @@ def test_earshot_serve_registers_the_three_deployments_and_leaves_schedules_on_a
     served = {d.name: d for d in read_api("read_deployments") if d.name in wanted}
     assert not any(d.paused for d in served.values())  # pause_on_shutdown=False: the nightly run still fires
     assert [s.schedule.cron for s in served["nightly"].schedules] == ["0 3 * * *"]
+
+
+def test_champion_scoring_is_cached_by_its_inputs(story):
+    from prefect import flow
+
+    world = story["world"]
+    key = stages.training_key(world.params)
+    version = world.aliases()[CHAMPION]
+
+    @flow
+    def score_twice() -> tuple[str, bool]:
+        first, second = (score_champion(world.params, version, key, return_state=True) for _ in range(2))
+        return second.name, bool((first.result().top1 == second.result().top1).all())
+
+    assert score_twice() == ("Cached", True)
+
+
+def test_only_transient_failures_are_retried():
+    from prefect.states import Failed
+
+    assert _transient(None, None, Failed(data=OSError("disk hiccup")))
+    assert not _transient(None, None, Failed(data=DropError("drop: no audio files")))
