@@ -61,6 +61,9 @@ def _run(args: list[str], cwd: Path) -> None:
 def prepare_workspace(params: Params) -> Path:
     """A fresh git + DVC repo with a local DVC remote and the demo's params.yaml; returns its path."""
     workspace = params.demo.workspace.resolve()
+    here = Path.cwd().resolve()
+    if workspace == here or workspace in here.parents:
+        raise ConfigError(f"demo.workspace {workspace}: the demo wipes it, so it must be a folder of its own")
     shutil.rmtree(workspace, ignore_errors=True)
     workspace.mkdir(parents=True)
     dvc = [sys.executable, "-m", "dvc"]
