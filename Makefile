@@ -22,6 +22,7 @@ test: install
 
 bench: install
 	$(PY) benchmarks/featurize_drop.py
+	$(PY) benchmarks/speed.py
 
 lint: install
 	ruff check .

@@ -29,6 +29,28 @@ from pipelines.stages import featurize_stage
 PROJECT = Path(__file__).resolve().parents[1]
 
 
+def workspace_params(work: Path, speakers: int | None = None) -> Params:
+    """params.yaml with every path moved under `work`, so a benchmark never touches the project's data or models.
+
+    `speakers` overrides synthesis.speakers_per_domain, for a corpus small enough to time quickly.
+    """
+    settings = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    settings["paths"] = {k: str(work / v) for k, v in settings["paths"].items()}
+    settings["synthesis"]["out_dir"] = str(work / "data/synth")
+    if speakers is not None:
+        settings["synthesis"]["speakers_per_domain"] = speakers
+    settings["dataset"]["domains"] = {k: str(work / "data/synth" / k) for k in settings["synthesis"]["domains"]}
+    settings["ingest"] |= {"root": str(work / "data/domains"), "quarantine": str(work / "data/quarantine")}
+    return Params.model_validate(settings)
+
+
+def save_results(path: Path, name: str, figures: dict[str, object]) -> None:
+    """Replace one benchmark's section of the results file, keeping the sections other benchmarks wrote."""
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results[name] = figures
+    path.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def median_seconds(fn, setup, repeats: int) -> float:
     """Median wall time of `fn` over `repeats` runs, each after `setup` restores the same starting state."""
     times = []
@@ -48,12 +70,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=PROJECT / "benchmarks" / "results.json")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="earshot-bench-"))
-    settings = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    settings["paths"] = {k: str(work / v) for k, v in settings["paths"].items()}
-    settings["synthesis"]["out_dir"] = str(work / "data/synth")
-    settings["dataset"]["domains"] = {k: str(work / "data/synth" / k) for k in settings["synthesis"]["domains"]}
-    settings["ingest"] |= {"root": str(work / "data/domains"), "quarantine": str(work / "data/quarantine")}
-    params = Params.model_validate(settings)
+    params = workspace_params(work)
     synthesize_corpus(params)
     corpus_files = sum(len(index_speech_commands(p)[0]) for p in params.dataset.domains.values())
     words = len(params.dataset.words) + len(params.synthesis.unknown_words)
@@ -84,10 +101,9 @@ def main() -> None:
     table.add_row(f"after a drop of {drop_files} files ({drop_files / corpus_files:.0%})",
                   str(corpus_files + drop_files), f"{after_drop:.2f}", f"{after_drop / scratch:.2f}")
     Console().print(table)
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    results["featurize_drop"] = {"corpus_files": corpus_files, "drop_files": drop_files, "scratch_s": scratch,
-                                 "after_drop_s": after_drop, "ratio": after_drop / scratch}
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    save_results(args.out, "featurize_drop", {"corpus_files": corpus_files, "drop_files": drop_files,
+                                              "scratch_s": scratch, "after_drop_s": after_drop,
+                                              "ratio": after_drop / scratch})
 
 
 if __name__ == "__main__":

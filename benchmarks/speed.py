@@ -1,0 +1,202 @@
+"""Benchmark: featurizer vs. librosa, training throughput, and INT8 vs. FP32 inference, measured in one run.
+
+Issue 6's targets: featurizer >= 5x librosa; INT8 latency <= 0.5x eager and <= 0.8x ONNX FP32; INT8 size <= 0.3x
+FP32; INT8 accuracy within 0.5 point of FP32. Run: `.venv/bin/python benchmarks/speed.py [--speakers N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import librosa
+import numpy as np
+import torch
+from featurize_drop import PROJECT, median_seconds, save_results, workspace_params
+from rich.console import Console
+from rich.table import Table
+from threadpoolctl import threadpool_limits
+
+from components.corpus import synthesize_corpus
+from components.dataset import KwsData
+from components.export import ExportReport, ParityError, export_models
+from components.features import LOG_FLOOR, LogMel, featurize
+from components.train import train_model
+from pipelines.stages import featurize_stage
+
+TARGET_VAL_ACCURACY = 0.95
+
+
+def librosa_log_mel(waves: np.ndarray, front_end: LogMel) -> np.ndarray:
+    """The log-mel LogMel computes, by librosa, with every setting read off the torchaudio transform itself.
+
+    torchaudio's defaults differ from librosa's (HTK mel scale, unnormalised filters), so they are passed explicitly.
+    """
+    mel = front_end.mel
+    power = librosa.feature.melspectrogram(
+        y=waves, sr=mel.sample_rate, n_fft=mel.n_fft, win_length=mel.win_length, hop_length=mel.hop_length,
+        window="hann", center=mel.spectrogram.center, power=mel.power, n_mels=mel.n_mels, fmin=mel.f_min,
+        fmax=mel.f_max, htk=mel.mel_scale.mel_scale == "htk", norm=mel.mel_scale.norm,
+    )
+    return np.log(power + LOG_FLOOR)
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A measured ratio or difference and the issue 6 target it is held to; without a bound it is context only.
+
+    A `signed` figure is a difference in points: it prints with its sign and its size is what the bound limits.
+    """
+
+    name: str
+    value: float
+    bound: float | None = None
+    at_least: bool = False
+    signed: bool = False
+
+    @property
+    def target(self) -> str:
+        if self.bound is None:
+            return ""
+        return f"{'|value|' if self.signed else ''} {'>=' if self.at_least else '<='} {self.bound:g}".strip()
+
+    @property
+    def verdict(self) -> str:
+        if self.bound is None:
+            return ""
+        judged = abs(self.value) if self.signed else self.value
+        return "meets" if (judged >= self.bound if self.at_least else judged <= self.bound) else "misses"
+
+    def row(self) -> tuple[str, str, str, str]:
+        return self.name, f"{self.value:+.2f}" if self.signed else f"{self.value:.2f}", self.target, self.verdict
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self) | {"target": self.target, "verdict": self.verdict}
+
+
+def table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
+    """A rich table whose first column is a left-aligned label and the others right-aligned figures."""
+    out = Table(title=title)
+    for i, column in enumerate(columns):
+        out.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        out.add_row(*row)
+    return out
+
+
+def bench_featurizer(waves: torch.Tensor, front_end: LogMel, repeats: int) -> tuple[dict[str, float], Figure]:
+    """Clips per second of the pipeline's featurizer and of librosa on the same clips, plus how far apart they are.
+
+    Each gets one warm-up call first, so one-off costs (librosa's filter bank cache, torch's first-call setup) fall out.
+    """
+    ours = partial(featurize, waves, front_end)
+    theirs = partial(librosa_log_mel, waves.numpy(), front_end)
+    difference = float((ours() - torch.from_numpy(theirs())).abs().max())
+    ours_s = median_seconds(ours, lambda: None, repeats)
+    theirs_s = median_seconds(theirs, lambda: None, repeats)
+    figures = {"clips": len(waves), "ours_clips_per_s": len(waves) / ours_s,
+               "librosa_clips_per_s": len(waves) / theirs_s, "max_abs_log_mel_difference": difference}
+    return figures, Figure("LogMel / librosa throughput", theirs_s / ours_s, 5.0, at_least=True)
+
+
+def inference_ratios(report: ExportReport) -> list[Figure]:
+    """INT8 against eager and ONNX FP32 in latency, size and accuracy (in points), with issue 6's targets."""
+    eager, fp32, int8 = (report.variant(name) for name in ("pytorch", "onnx_fp32", "onnx_int8"))
+    return [
+        Figure("INT8 / eager latency p50", int8.latency_ms_p50 / eager.latency_ms_p50, 0.5),
+        Figure("INT8 / ONNX FP32 latency p50", int8.latency_ms_p50 / fp32.latency_ms_p50, 0.8),
+        Figure("ONNX FP32 / eager latency p50", fp32.latency_ms_p50 / eager.latency_ms_p50),
+        Figure("INT8 / ONNX FP32 size", int8.size_bytes / fp32.size_bytes, 0.3),
+        Figure("INT8 - ONNX FP32 accuracy, points", (int8.accuracy - fp32.accuracy) * 100, 0.5, signed=True),
+        Figure("INT8 - eager accuracy, points", (int8.accuracy - eager.accuracy) * 100, signed=True),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--speakers", type=int, default=32, help="synthesis.speakers_per_domain of the corpus")
+    parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads of the featurizer race")
+    parser.add_argument("--repeats", type=int, default=3, help="featurizer runs per side; the median is reported")
+    parser.add_argument("--out", type=Path, default=PROJECT / "benchmarks" / "results.json")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    console = Console()
+    with tempfile.TemporaryDirectory(prefix="earshot-speed-") as scratch:
+        work = Path(scratch)
+        params = workspace_params(work, args.speakers)
+        synthesize_corpus(params)
+        featurize_stage(params)
+        data = KwsData.load(params.paths.features)
+        train, test = data.split("training"), data.split("testing")
+
+        front_end = LogMel(params.features, params.dataset.sample_rate)
+        torch.set_num_threads(args.threads)
+        with threadpool_limits(args.threads):
+            feat, speedup = bench_featurizer(data.float_waves(), front_end, args.repeats)
+        feat |= {"threads": args.threads, "ratio": speedup.to_dict()}
+        console.print(table(
+            f"feature extraction: {feat['clips']} clips of {params.dataset.clip_seconds:g} s, {args.threads} "
+            f"thread(s), one process, median of {args.repeats}",
+            ("front end", "clips/s", "ratio to librosa", "target", "verdict"),
+            [("LogMel (torchaudio)", f"{feat['ours_clips_per_s']:.0f}", *speedup.row()[1:]),
+             ("librosa melspectrogram + log", f"{feat['librosa_clips_per_s']:.0f}", "1.00", "", "")]))
+        console.print(f"same settings check: largest |log-mel difference| {feat['max_abs_log_mel_difference']:.2e}")
+
+        stamps = [time.perf_counter()]
+        result = train_model(data, params, on_epoch=lambda metrics: stamps.append(time.perf_counter()))
+        epoch_s = float(np.median(np.diff(stamps)))
+        reached = next((m["epoch"] + 1 for m in result.history if m["val_accuracy"] >= TARGET_VAL_ACCURACY), None)
+        fit = {"training_clips": len(train.labels), "validation_clips": len(data.split("validation").labels),
+               "threads": params.train.threads, "epochs_run": len(result.history), "median_epoch_s": epoch_s,
+               "samples_per_s": len(train.labels) / epoch_s, "epochs_to_95_val_accuracy": reached,
+               "best_val_accuracy": result.best_val_accuracy}
+        console.print(table(
+            f"training: params.yaml model and train settings, {fit['threads']} thread(s), no alternative measured",
+            ("figure", "value"),
+            [("training clips (validation clips)", f"{fit['training_clips']} ({fit['validation_clips']})"),
+             ("epochs run (early stopping after patience)", str(fit["epochs_run"])),
+             ("median epoch, augmentation and validation included", f"{epoch_s:.2f} s"),
+             ("training samples/s", f"{fit['samples_per_s']:.0f}"),
+             (f"epochs to first reach {TARGET_VAL_ACCURACY:.0%} validation accuracy",
+              str(reached) if reached else f"not reached in {fit['epochs_run']}"),
+             ("best validation accuracy", f"{result.best_val_accuracy:.2%}")]))
+
+        # The export stage's calibration set: a seeded draw of training clips.
+        picks = torch.randperm(len(train.mels), generator=torch.Generator().manual_seed(params.seed))
+        parity_failure = ""
+        try:
+            report = export_models(result.model, train.mels[picks[: params.export.calibration_clips]], test.mels,
+                                   test.labels, params.export, work)
+        except ParityError as err:
+            # The figures are still measured; a parity miss is itself a finding to show, not a reason to stop.
+            report, parity_failure = err.report, str(err)
+        ratios = inference_ratios(report)
+        infer = {"test_clips": report.test_clips, "ratios": [r.to_dict() for r in ratios],
+                 "variants": {v.name: {"size_bytes": v.size_bytes, "latency_ms_p50": v.latency_ms_p50,
+                                       "latency_ms_p95": v.latency_ms_p95, "accuracy": v.accuracy,
+                                       "agreement_with_eager": v.agreement_with_torch} for v in report.variants},
+                 "parity_failure": parity_failure}
+        console.print(table(
+            f"single-clip inference: 1 thread, median and p95 of {params.export.latency_runs} runs, "
+            f"accuracy on {report.test_clips} test clips (one clip = {100 / report.test_clips:.2f} points)",
+            ("variant", "size KiB", "p50 ms", "p95 ms", "accuracy", "agrees with eager"),
+            [(v.name, f"{v.size_bytes / 1024:.1f}", f"{v.latency_ms_p50:.3f}", f"{v.latency_ms_p95:.3f}",
+              f"{v.accuracy:.2%}", f"{v.agreement_with_torch:.2%}") for v in report.variants]))
+        console.print(table(
+            "inference ratios against issue 6's targets (same run)",
+            ("ratio", "value", "target", "verdict"),
+            [r.row() for r in ratios]))
+        if parity_failure:
+            console.print(f"[yellow]export parity check failed: {parity_failure}[/yellow]")
+    wall = time.perf_counter() - started
+    console.print(f"speed benchmark wall time: {wall:.0f} s ({args.speakers} speakers per domain)")
+    save_results(args.out, "speed", {"speakers_per_domain": args.speakers, "featurizer": feat, "training": fit,
+                                     "inference": infer, "wall_s": wall})
+
+
+if __name__ == "__main__":
+    main()
