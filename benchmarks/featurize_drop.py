@@ -39,7 +39,7 @@ def workspace_params(work: Path, speakers: int | None = None) -> Params:
     settings["synthesis"]["out_dir"] = str(work / "data/synth")
     if speakers is not None:
         settings["synthesis"]["speakers_per_domain"] = speakers
-    settings["dataset"]["domains"] = {k: str(work / "data/synth" / k) for k in settings["synthesis"]["domains"]}
+    settings["dataset"]["domains"] = {k: str(work / "data/synth/kws" / k) for k in settings["synthesis"]["domains"]}
     settings["ingest"] |= {"root": str(work / "data/domains"), "quarantine": str(work / "data/quarantine")}
     return Params.model_validate(settings)
 
@@ -78,7 +78,7 @@ def main() -> None:
     drop = write_drop(params, "kitchen_caribbean", work / "drop", speakers=speakers, progress=False)
 
     # Featurize keeps two things between runs: the clip cache and the per-domain feature shards.
-    kept = [params.paths.clip_cache, params.paths.features]
+    kept = [params.paths.clip_cache, params.out.features]
     snapshot = work / "state-after-the-corpus"
 
     def restore(state: Path | None) -> None:

@@ -130,7 +130,7 @@ def main() -> None:
         params = workspace_params(work, args.speakers)
         synthesize_corpus(params)
         featurize_stage(params)
-        data = KwsData.load(params.paths.features)
+        data = KwsData.load(params.out.features)
         train, test = data.split("training"), data.split("testing")
 
         front_end = LogMel(params.features, params.dataset.sample_rate)

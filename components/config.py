@@ -168,17 +168,99 @@ class Demo(Strict):
 
 
 class Paths(Strict):
-    """Where stages put their outputs; dvc.yaml reads the same keys, so there is one list of paths."""
+    """Where stages put their outputs, each under a folder named after the track (dvc.yaml appends `${track}`)."""
 
-    features: Path = Path("data/features/kws")  # one shard per domain
-    model_dir: Path = Path("models/kws")
+    features: Path = Path("data/features")  # one shard per domain
+    model_dir: Path = Path("models")
     reports: Path = Path("reports")
     # Decoded clips and log-mels by content hash; outside DVC's outputs so it survives a stage re-run.
     clip_cache: Path = Path(".earshot/clips")
 
 
+Track = Literal["kws", "asr"]
+
+
+class AsrCorpus(Strict):
+    """The synthesized speech-to-text corpus: command-grammar sentences per domain, in the LibriSpeech layout.
+
+    Domains name recipes of `synthesis` (voices, noise, rooms), so both tracks hear the same acoustic worlds.
+    """
+
+    domains: list[str] = Field(default_factory=lambda: ["studio_us"], min_length=1)
+    speakers_per_domain: PositiveInt = 40
+    utterances_per_speaker: PositiveInt = 20
+    validation_percentage: Percentage = 10.0
+    testing_percentage: Percentage = 10.0
+
+
+class Subsets(Strict):
+    """The LibriSpeech subset folder each split is read from, e.g. train-clean-100 / dev-clean / test-clean."""
+
+    training: str = "train"
+    validation: str = "dev"
+    testing: str = "test"
+
+
+class AsrModel(Strict):
+    """A CTC acoustic model of 1-D convolutions with a bounded receptive field, so it streams exactly."""
+
+    channels: PositiveInt = 192
+    blocks: PositiveInt = 6
+    kernel: PositiveInt = 9
+    # Frames of right context each block may see (after subsampling): the model's look-ahead, hence its latency.
+    lookahead: Annotated[int, Field(ge=0)] = 1
+    subsampling: PositiveInt = 2
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+
+
+class Decode(Strict):
+    beam_size: PositiveInt = 16
+    # Beam search may only spell words of the corpus vocabulary (torchaudio's CTC decoder with a lexicon).
+    lexicon: bool = True
+
+
+class Stream(Strict):
+    """Streaming inference: audio in chunks, a voice-activity detector in front."""
+
+    chunk_ms: Annotated[float, Field(gt=0.0)] = 160.0
+    vad: Literal["silero", "webrtc"] = "silero"
+    vad_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    # Silence that ends an utterance; the floor under end-of-speech-to-final latency.
+    min_silence_ms: Annotated[float, Field(ge=0.0)] = 200.0
+    speech_pad_ms: Annotated[float, Field(ge=0.0)] = 60.0
+
+
+class AsrGate(Strict):
+    """The regression gate of the speech-to-text track; WER is a fraction, lower is better, changes in points."""
+
+    max_domain_wer_increase_points: Annotated[float, Field(ge=0.0)] = 1.0
+    max_new_domain_wer: Annotated[float, Field(ge=0.0)] = 0.15
+    max_int8_wer_gap_points: Annotated[float, Field(ge=0.0)] = 1.0
+    max_int8_rtf: Annotated[float, Field(gt=0.0)] = 0.3
+    max_int8_size_kib: Annotated[float, Field(gt=0.0)] = 2048.0
+
+
+class Asr(Strict):
+    """The speech-to-text track: corpus, data, model, decoding, streaming and its gate."""
+
+    corpus: AsrCorpus = AsrCorpus()
+    # Domain name -> a folder holding LibriSpeech subsets (synthesized, or a real extracted LibriSpeech).
+    domains: dict[str, Path] = Field(min_length=1)
+    subsets: Subsets = Subsets()
+    sample_rate: PositiveInt = 16000
+    features: Features = Features(n_mels=64, win_ms=25.0, hop_ms=10.0)
+    model: AsrModel = AsrModel()
+    train: Train = Train(epochs=40, batch_size=32, learning_rate=2e-3, patience=6, warm_start=False)
+    decode: Decode = Decode()
+    stream: Stream = Stream()
+    export: Export = Export(calibration_clips=64, latency_runs=20)
+    gate: AsrGate = AsrGate()
+
+
 class Params(Strict):
     seed: int = 0
+    # Which model track the stages, the flows and the CLI build; every output lands under a folder of this name.
+    track: Track = "kws"
     paths: Paths = Paths()
     tracking: Tracking = Tracking()
     synthesis: Synthesis
@@ -192,6 +274,28 @@ class Params(Strict):
     gate: Gate = Gate()
     continuous: Continuous = Continuous()
     demo: Demo = Demo()
+    asr: Asr | None = None
+
+    @property
+    def out(self) -> Paths:
+        """The active track's output folders: each of `paths` with the track's name appended, as dvc.yaml does."""
+        return Paths(features=self.paths.features / self.track, model_dir=self.paths.model_dir / self.track,
+                     reports=self.paths.reports / self.track, clip_cache=self.paths.clip_cache)
+
+    @property
+    def synth_root(self) -> Path:
+        """Where the synthesize stage writes the active track's corpus, one folder per domain."""
+        return self.synthesis.out_dir / self.track
+
+    @model_validator(mode="after")
+    def _track_is_configured(self) -> Params:
+        if self.track == "asr":
+            if self.asr is None:
+                raise ValueError("track asr needs an `asr` section")
+            unknown = set(self.asr.corpus.domains) - set(self.synthesis.domains) - set(self.synthesis.drop_domains)
+            if unknown:
+                raise ValueError(f"asr.corpus.domains: no synthesis recipe for {', '.join(sorted(unknown))}")
+        return self
 
     @model_validator(mode="after")
     def _ranges_are_ordered(self) -> Params:

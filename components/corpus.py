@@ -205,7 +205,7 @@ def _record_speaker(params: Params, domain: str, plan: SpeakerPlan) -> None:
     background = noise(recipe.noise, speech.size, sample_rate, rng, _noise_material(params, domain))
     mixed = mix_at_snr(speech, background.reshape(speech.shape), rng.uniform(*recipe.snr_db, size=len(takes)))
     levels = 10.0 ** (rng.uniform(*PEAK_DBFS, size=(len(takes), 1)) / 20.0)
-    root = params.synthesis.out_dir / domain
+    root = params.synth_root / domain
     for (word, take), audio in zip(takes, peak_normalize(mixed, levels), strict=True):
         _write_wav(root / word / clip_name(plan.id, take), audio, sample_rate)
 
@@ -228,7 +228,7 @@ def _record_background(params: Params, domain: str) -> None:
     for (stem, kind), length in zip(kinds, np.diff(bounds), strict=True):
         audio = noise(kind, int(length), sample_rate, rng, material)
         _write_wav(
-            params.synthesis.out_dir / domain / BACKGROUND_DIR / f"{stem}.wav",
+            params.synth_root / domain / BACKGROUND_DIR / f"{stem}.wav",
             peak_normalize(audio, BACKGROUND_PEAK),
             sample_rate,
         )
@@ -245,7 +245,7 @@ def _check_voices(params: Params) -> None:
 
 def _write_index(params: Params, domain: str, plans: list[SpeakerPlan]) -> None:
     """speakers.csv and the validation/testing lists of one domain tree."""
-    root = params.synthesis.out_dir / domain
+    root = params.synth_root / domain
     with (root / "speakers.csv").open("w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["speaker", "voice", "variant", "rate", "pitch", "rt60"])
@@ -302,7 +302,7 @@ def synthesize_corpus(params: Params, progress: bool = True, workers: int = WORK
     _check_voices(params)
     words = corpus_words(params)
     plans = {domain: plan_speakers(params, domain) for domain in params.synthesis.domains}
-    roots = {domain: params.synthesis.out_dir / domain for domain in plans}
+    roots = {domain: params.synth_root / domain for domain in plans}
     for root in roots.values():
         shutil.rmtree(root, ignore_errors=True)
         for folder in [*words, BACKGROUND_DIR]:
@@ -338,7 +338,7 @@ def render_domain(params: Params, domain: str, progress: bool = True) -> Path:
     """
     _check_voices(params)
     plans = plan_speakers(params, domain)
-    root = params.synthesis.out_dir / domain
+    root = params.synth_root / domain
     shutil.rmtree(root, ignore_errors=True)
     for folder in [*corpus_words(params), BACKGROUND_DIR]:
         (root / folder).mkdir(parents=True)

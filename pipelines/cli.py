@@ -193,7 +193,7 @@ def summary(params: ParamsOption = Path("params.yaml")) -> None:
 def summary_table(params: Params) -> Table:
     from pipelines.stages import read_json
 
-    reports, model_dir = params.paths.reports, params.paths.model_dir
+    reports, model_dir = params.out.reports, params.out.model_dir
     metrics = read_json(reports / "metrics.json")
     exported = read_json(reports / "export.json")
     run = read_json(model_dir / "run.json")

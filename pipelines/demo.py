@@ -50,7 +50,7 @@ def workspace_params(params: Params) -> Params:
         raise ConfigError(f"demo: domain(s) {', '.join(unknown)} have no recipe in synthesis.domains/drop_domains")
     settings["synthesis"]["domains"] = {d: recipes[d] for d in baseline}
     settings["synthesis"]["drop_domains"] = {d: r for d, r in recipes.items() if d not in baseline}
-    settings["dataset"]["domains"] = {d: f"{settings['synthesis']['out_dir']}/{d}" for d in baseline}
+    settings["dataset"]["domains"] = {d: str(params.synthesis.out_dir / "kws" / d) for d in baseline}
     return Params.model_validate(settings)
 
 

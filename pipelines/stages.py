@@ -48,11 +48,11 @@ MODEL_FILE = "model.pt"
 
 
 def model_file(params: Params) -> Path:
-    return params.paths.model_dir / MODEL_FILE
+    return params.out.model_dir / MODEL_FILE
 
 
 def run_file(params: Params) -> Path:
-    return params.paths.model_dir / "run.json"
+    return params.out.model_dir / "run.json"
 
 
 def write_json(path: Path, payload: object) -> None:
@@ -72,7 +72,7 @@ def featurize_stage(params: Params) -> dict[str, str]:
 
     DVC sees one output folder; inside it a drop into a new domain costs only that domain's files.
     """
-    out, syn = params.paths.features, params.synthesis
+    out, syn = params.out.features, params.synthesis
     key = hashlib.sha256(json.dumps([params.dataset.sample_rate, params.dataset.clip_samples,
                                      params.features.model_dump()]).encode()).hexdigest()[:12]
     cache = ClipCache(params.paths.clip_cache, key)
@@ -120,7 +120,7 @@ def training_key(params: Params) -> str:
     Tags the run and its registered version, names the checkpoint a killed run resumes from, and lets the loop skip
     data it has already trained and gated.
     """
-    return run_fingerprint(params, KwsData.load(params.paths.features).version)
+    return run_fingerprint(params, KwsData.load(params.out.features).version)
 
 
 def train(params: Params) -> str:
@@ -128,8 +128,8 @@ def train(params: Params) -> str:
 
     A training killed midway resumes from its checkpoint, inside the MLflow run it started.
     """
-    data = KwsData.load(params.paths.features)
-    out = params.paths.model_dir
+    data = KwsData.load(params.out.features)
+    out = params.out.model_dir
     checkpoint = out / "checkpoint.pt"
     ledger = ledger_rows(params.ingest.root)
     tags = {"dataset_version": data.version, "track": "kws", "training_key": run_fingerprint(params, data.version),
@@ -188,9 +188,9 @@ def _report_epoch(metrics: dict[str, float]) -> None:
 def evaluate(params: Params) -> Evaluation:
     """Score the trained model on the test split of every domain; write metrics, confusion plot data and image."""
     model, _ = load_model(model_file(params))
-    test = KwsData.load(params.paths.features).split("testing")
+    test = KwsData.load(params.out.features).split("testing")
     evaluation = evaluate_predictions(predict(model, test.mels), test)
-    reports = params.paths.reports
+    reports = params.out.reports
     write_json(reports / "metrics.json", evaluation.metrics())
     names = test.label_names
     write_csv(reports / "confusion.csv", [{"actual": names[a], "predicted": names[p]}
@@ -212,22 +212,22 @@ def export(params: Params) -> ExportReport:
     A parity failure is logged like any export, then raised: `dvc repro` stops, the gate records the refusal.
     """
     model, _ = load_model(model_file(params))
-    data = KwsData.load(params.paths.features)
+    data = KwsData.load(params.out.features)
     train_mels = data.split("training").mels
     picks = torch.randperm(len(train_mels), generator=torch.Generator().manual_seed(params.seed))
     test = data.split("testing")
     failure = None
     try:
         report = export_models(model, train_mels[picks[: params.export.calibration_clips]], test.mels, test.labels,
-                               params.export, params.paths.model_dir)
+                               params.export, params.out.model_dir)
     except ParityError as err:
         failure, report = err, err.report
-    write_json(params.paths.reports / "export.json", report.to_dict())
+    write_json(params.out.reports / "export.json", report.to_dict())
     with resume_run(params, run_file(params)):
         mlflow.log_dict(report.to_dict(), "export/export.json")
         for row in report.to_dict()["variants"]:
             mlflow.log_metrics({f"export.{row['name']}.{k}": v for k, v in row.items() if isinstance(v, (int, float))})
-        for path in params.paths.model_dir.glob("*.onnx"):
+        for path in params.out.model_dir.glob("*.onnx"):
             mlflow.log_artifact(str(path), artifact_path="export")
     if failure is not None:
         raise failure
@@ -259,7 +259,7 @@ def champion_version(params: Params) -> str | None:
 def score_champion(params: Params, version: str) -> ChampionScore:
     """Download champion `version`, run its INT8 model on the current test split of every domain."""
     client, name = registry_client(params.tracking), params.tracking.registered_model
-    test = KwsData.load(params.paths.features).split("testing")
+    test = KwsData.load(params.out.features).split("testing")
     with tempfile.TemporaryDirectory() as scratch:
         folder = deployable_files(client, name, version, Path(scratch))
         top1 = onnx_predictions(folder / INT8_FILE, test.mels)
@@ -271,15 +271,15 @@ def score_champion(params: Params, version: str) -> ChampionScore:
 
 def gate(params: Params, new_domain: str | None, champion_score: ChampionScore | None) -> GateReport:
     """Run the regression gate on the exported challenger; write reports/gate.{json,md}; log them to its run."""
-    test = KwsData.load(params.paths.features).split("testing")
+    test = KwsData.load(params.out.features).split("testing")
     int8 = int8_figures(params)
     golden = {} if champion_score is None else pick_golden(
         test, champion_score.top1, params.dataset.domains, params.gate.golden_clips, params.seed)
-    challenger = scored_candidate(onnx_predictions(params.paths.model_dir / INT8_FILE, test.mels), test,
+    challenger = scored_candidate(onnx_predictions(params.out.model_dir / INT8_FILE, test.mels), test,
                                   int8["agreement_with_torch"], int8["latency_ms_p50"], int8["size_bytes"], golden)
     report = gate_challenger(challenger, champion_score.candidate if champion_score else None, params.gate,
                              new_domain, golden)
-    reports = params.paths.reports
+    reports = params.out.reports
     write_text_atomically(reports / "gate.json", report.to_json())
     write_text_atomically(reports / "gate.md", report.to_markdown())
     with resume_run(params, run_file(params)):
@@ -329,7 +329,7 @@ def decide(params: Params, report: GateReport, new_domain: str | None) -> Decisi
 
 def ingest(params: Params, drop: Path, domain: str) -> IngestReport:
     """Validate and ingest a drop into `domain`, version it in DVC and git, log the validation to MLflow."""
-    report = ingest_drop(params, drop, domain, params.paths.reports / "validation")
+    report = ingest_drop(params, drop, domain, params.out.reports / "validation")
     if report.already_ingested:
         return report
     if not report.drop_rejected:
@@ -356,7 +356,7 @@ def read_json(path: Path) -> dict:
 
 def int8_figures(params: Params) -> dict[str, object]:
     """The INT8 row of the last export report: what the gate judges and the registry records."""
-    variants = read_json(params.paths.reports / "export.json")["variants"]
+    variants = read_json(params.out.reports / "export.json")["variants"]
     return next(row for row in variants if row["name"] == "onnx_int8")
 
 

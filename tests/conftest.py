@@ -34,7 +34,9 @@ def tiny_settings(root: Path | None) -> dict:
                   "background_seconds": 20, "unknown_words": ["bed", "cat"],
                   "validation_percentage": 25.0, "testing_percentage": 25.0}
     synthesis["domains"] = {k: synthesis["domains"][k] for k in ("studio_us", "car_scottish")}
-    settings["dataset"]["domains"] = {k: place(f"data/synth/{k}") for k in synthesis["domains"]}
+    settings["dataset"]["domains"] = {k: place(f"data/synth/kws/{k}") for k in synthesis["domains"]}
+    settings["asr"]["corpus"]["domains"] = list(synthesis["domains"])
+    settings["asr"]["domains"] = {k: place(f"data/synth/asr/{k}") for k in synthesis["domains"]}
     settings["ingest"] |= {"root": place("data/domains"), "quarantine": place("data/quarantine")}
     settings["train"] |= {"epochs": 3, "batch_size": 32, "patience": 2}
     settings["model"] |= {"channels": 16, "blocks": 1}

@@ -42,7 +42,7 @@ def small_params(out_dir: Path, seed: int = 7, domains: dict | None = None) -> P
                 "testing_percentage": 25.0,
                 "domains": domains,
             },
-            "dataset": {"domains": {name: str(out_dir / name) for name in domains}, "words": WORDS},
+            "dataset": {"domains": {name: str(out_dir / "kws" / name) for name in domains}, "words": WORDS},
         }
     )
 
@@ -76,7 +76,7 @@ def test_tree_has_the_speech_commands_layout(corpus: tuple[Params, dict[str, Pat
     params, roots = corpus
     assert set(roots) == set(DOMAINS)
     for domain, root in roots.items():
-        assert root == params.synthesis.out_dir / domain
+        assert root == params.synth_root / domain
         folders = {p.name for p in root.iterdir() if p.is_dir()}
         assert folders == {*WORDS, *UNKNOWN, BACKGROUND_DIR}
         for word in [*WORDS, *UNKNOWN]:

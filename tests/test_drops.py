@@ -31,7 +31,7 @@ def params(tmp_path_factory: pytest.TempPathFactory) -> Params:
     settings = tiny_settings(tmp_path_factory.mktemp("base"))
     synthesis = settings["synthesis"]
     synthesis |= {"speakers_per_domain": 4, "domains": {"studio_us": synthesis["domains"]["studio_us"]}}
-    settings["dataset"]["domains"] = {"studio_us": str(Path(synthesis["out_dir"]) / "studio_us")}
+    settings["dataset"]["domains"] = {"studio_us": str(Path(synthesis["out_dir"]) / "kws" / "studio_us")}
     return Params.model_validate(settings)
 
 

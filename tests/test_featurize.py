@@ -24,7 +24,7 @@ def test_only_the_changed_domain_is_rebuilt_and_removed_domains_are_dropped(tmp_
     b = write_tree(tmp_path / "b", WORDS, SPEAKERS)
     params = params_for(tmp_path, {"a": a, "b": b})
     first = featurize_stage(params)
-    shards = params.paths.features
+    shards = params.out.features
     stamps = {d: (shards / f"{d}.pt").stat().st_mtime_ns for d in ("a", "b")}
     assert featurize_stage(params) == first  # nothing changed, nothing rebuilt
     assert {d: (shards / f"{d}.pt").stat().st_mtime_ns for d in ("a", "b")} == stamps
