@@ -27,9 +27,11 @@ class Strict(BaseModel):
 
 
 class Tracking(Strict):
+    """Where runs and models are recorded; `{track}` in a name becomes the active track (earshot-kws, earshot-asr)."""
+
     uri: str = "sqlite:///mlflow.db"
-    experiment: str = "earshot-kws"
-    registered_model: str = "earshot-kws"
+    experiment: str = "earshot-{track}"
+    registered_model: str = "earshot-{track}"
 
 
 NoiseKind = Literal["none", "white", "pink", "brown", "babble", "car"]
@@ -281,6 +283,13 @@ class Params(Strict):
         """The active track's output folders: each of `paths` with the track's name appended, as dvc.yaml does."""
         return Paths(features=self.paths.features / self.track, model_dir=self.paths.model_dir / self.track,
                      reports=self.paths.reports / self.track, clip_cache=self.paths.clip_cache)
+
+    @property
+    def mlflow(self) -> Tracking:
+        """The tracking settings of the active track, `{track}` filled in."""
+        return self.tracking.model_copy(update={"experiment": self.tracking.experiment.format(track=self.track),
+                                                "registered_model": self.tracking.registered_model.format(
+                                                    track=self.track)})
 
     @property
     def synth_root(self) -> Path:

@@ -72,12 +72,12 @@ def corpus_words(params: Params) -> list[str]:
     return list(dict.fromkeys([*params.dataset.words, *params.synthesis.unknown_words]))
 
 
-def _rng(params: Params, domain: str, *stream: int) -> np.random.Generator:
+def domain_rng(params: Params, domain: str, *stream: int) -> np.random.Generator:
     # crc32, not hash(): Python salts str hashes per process, which would break reproducibility.
     return np.random.default_rng([params.seed % 2**64, zlib.crc32(domain.encode()), *stream])
 
 
-def _draw_speaker(recipe: DomainRecipe, rng: np.random.Generator) -> Speaker:
+def draw_speaker(recipe: DomainRecipe, rng: np.random.Generator) -> Speaker:
     return Speaker(
         voice=recipe.voices[int(rng.integers(len(recipe.voices)))],
         variant=NATURAL_VARIANTS[int(rng.integers(len(NATURAL_VARIANTS)))],
@@ -96,7 +96,7 @@ def _split_quotas(params: Params, domain: str) -> list[str]:
     n_val = round(n * syn.validation_percentage / 100)
     n_test = round(n * (syn.validation_percentage + syn.testing_percentage) / 100) - n_val
     splits = np.array(["validation"] * n_val + ["testing"] * n_test + ["training"] * (n - n_val - n_test))
-    return [str(split) for split in _rng(params, domain, _SPLITS).permutation(splits)]
+    return [str(split) for split in domain_rng(params, domain, _SPLITS).permutation(splits)]
 
 
 def plan_speakers(params: Params, domain: str) -> list[SpeakerPlan]:
@@ -107,10 +107,10 @@ def plan_speakers(params: Params, domain: str) -> list[SpeakerPlan]:
     """
     syn = params.synthesis
     recipe = syn.domains[domain]
-    rng = _rng(params, domain, _PLAN)
+    rng = domain_rng(params, domain, _PLAN)
     plans: list[SpeakerPlan] = []
     for index, split in enumerate(_split_quotas(params, domain)):
-        speaker = _draw_speaker(recipe, rng)
+        speaker = draw_speaker(recipe, rng)
         rt60 = round(float(rng.uniform(*recipe.rt60_s)), 3) if recipe.rt60_s else None
         taken = {p.id for p in plans}
         for attempt in itertools.count():
@@ -159,8 +159,8 @@ def _crowd(params_json: str, domain: str) -> tuple[np.ndarray, ...]:
     Cached per worker process (keyed by the params as JSON, since Params holds unhashable lists).
     """
     params = Params.model_validate_json(params_json)
-    rng = _rng(params, domain, _CROWD)
-    talkers = [_draw_speaker(params.synthesis.domains[domain], rng) for _ in range(CROWD_SIZE)]
+    rng = domain_rng(params, domain, _CROWD)
+    talkers = [draw_speaker(params.synthesis.domains[domain], rng) for _ in range(CROWD_SIZE)]
     return tuple(_say_all([(w, t) for t in talkers for w in corpus_words(params)], params))
 
 
@@ -178,7 +178,7 @@ def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
     path.write_bytes(buffer.getvalue())
 
 
-def _jitter(speaker: Speaker, rng: np.random.Generator) -> Speaker:
+def jitter(speaker: Speaker, rng: np.random.Generator) -> Speaker:
     """The speaker on one take: the same voice, a slightly different speaking rate."""
     rate = round(speaker.rate * rng.uniform(1 - TAKE_RATE_JITTER, 1 + TAKE_RATE_JITTER))
     return replace(speaker, rate=min(max(rate, RATE_RANGE[0]), RATE_RANGE[1]))
@@ -193,9 +193,9 @@ def _record_speaker(params: Params, domain: str, plan: SpeakerPlan) -> None:
     """
     recipe = params.synthesis.domains[domain]
     sample_rate, clip = params.dataset.sample_rate, params.dataset.clip_samples
-    rng = _rng(params, domain, _TAKES, plan.index)
+    rng = domain_rng(params, domain, _TAKES, plan.index)
     takes = [(w, t) for w in corpus_words(params) for t in range(params.synthesis.takes_per_word)]
-    words = _say_all([(w, _jitter(plan.speaker, rng)) for w, _ in takes], params)
+    words = _say_all([(w, jitter(plan.speaker, rng)) for w, _ in takes], params)
     speech = np.zeros((len(takes), clip), np.float32)
     for row, audio in zip(speech, words, strict=True):
         offset = int(rng.integers(0, clip - audio.size + 1))
@@ -221,7 +221,7 @@ def _record_background(params: Params, domain: str) -> None:
     """Write _background_noise_/ : the domain's noise, background_seconds long in total over a few files."""
     recipe = params.synthesis.domains[domain]
     sample_rate = params.dataset.sample_rate
-    rng = _rng(params, domain, _BACKGROUND)
+    rng = domain_rng(params, domain, _BACKGROUND)
     material = _noise_material(params, domain)
     kinds = _background_kinds(recipe)
     bounds = np.linspace(0, params.synthesis.background_seconds * sample_rate, len(kinds) + 1).round().astype(int)

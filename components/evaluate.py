@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from components.dataset import KwsData  # noqa: E402
+from components.wer import WerReport  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,13 @@ class Evaluation:
         """The figures for metrics.json, `dvc metrics show` and MLflow."""
         return {"accuracy": self.accuracy, "clips": self.clips, "per_domain": self.per_domain,
                 "per_class": self.per_class}
+
+    def to_markdown(self) -> str:
+        """Accuracy per domain and per class as tables, for reports/<track>/evaluation.md and the MLflow run."""
+        lines = [f"## Test accuracy {self.accuracy:.2%} on {self.clips} clips", "", "| domain | accuracy |",
+                 "|---|---|", *(f"| {d} | {v:.2%} |" for d, v in self.per_domain.items()), "",
+                 "| class | accuracy |", "|---|---|", *(f"| {c} | {v:.2%} |" for c, v in self.per_class.items())]
+        return "\n".join(lines) + "\n"
 
 
 @torch.no_grad()
@@ -73,6 +81,21 @@ def plot_confusion(evaluation: Evaluation, labels: list[str], path: Path) -> Non
         if count:
             ax.text(col, row, count, ha="center", va="center", fontsize=7,
                     color="white" if count > matrix.max() / 2 else "black")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_domain_wer(report: WerReport, path: Path) -> None:
+    """WER and CER per acoustic domain as bars, for the MLflow UI and `dvc plots`."""
+    names = list(report.per_domain)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(names, [report.per_domain[n].wer * 100 for n in names], label="WER")
+    ax.bar(names, [report.per_domain[n].cer * 100 for n in names], width=0.4, label="CER")
+    ax.set_ylabel("% (lower is better)")
+    ax.set_title(f"test WER {report.wer:.1%} on {report.utterances} utterances")
+    ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -10,7 +10,7 @@ import io
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +34,8 @@ from components.model import KeywordSpotter
 
 INPUT = "mels"
 OUTPUT = "logits"
+# The speech-to-text model's output: per-frame CTC log-probabilities over the characters.
+LOG_PROBS = "log_probs"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 # Bounds memory when scoring the test set and when calibrating; results do not depend on it.
@@ -96,8 +98,9 @@ class ExportReport:
                 "test_clips": self.test_clips, "calibration_clips": self.calibration_clips}
 
 
-def export_fp32(model: KeywordSpotter, example: torch.Tensor, path: Path) -> None:
-    """Write `model` (eval mode) as one self-contained ONNX file with a dynamic batch axis, then check it.
+def export_fp32(model: torch.nn.Module, example: torch.Tensor, path: Path, output: str = OUTPUT,
+                dynamic: dict[int, torch.export.Dim] | None = None) -> None:
+    """Write `model` (eval mode) as one self-contained ONNX file with dynamic axes (default: batch), then check it.
 
     Uses the dynamo exporter, the maintained path in torch 2.x; weights stay inside the file for easy shipping.
     """
@@ -105,8 +108,8 @@ def export_fp32(model: KeywordSpotter, example: torch.Tensor, path: Path) -> Non
         model,
         (example,),
         input_names=[INPUT],
-        output_names=[OUTPUT],
-        dynamic_shapes={INPUT: {0: torch.export.Dim("batch")}},
+        output_names=[output],
+        dynamic_shapes={INPUT: dynamic or {0: torch.export.Dim("batch")}},
         dynamo=True,
         external_data=False,
         verbose=False,
@@ -122,21 +125,25 @@ def export_fp32(model: KeywordSpotter, example: torch.Tensor, path: Path) -> Non
 class _FeatureBatches(CalibrationDataReader):
     """Feeds real log-mel batches to the INT8 calibrator, once through."""
 
-    def __init__(self, mels: torch.Tensor) -> None:
-        self._batches = iter([{INPUT: chunk.numpy()} for chunk in mels.split(BATCH)])
+    def __init__(self, batches: Iterable[torch.Tensor]) -> None:
+        self._batches = iter([{INPUT: chunk.float().numpy()} for chunk in batches])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
 
 
-def quantize_int8(fp32_path: Path, calibration: torch.Tensor, path: Path) -> None:
-    """Static post-training INT8 (QDQ, per-channel weights) of an FP32 ONNX file, calibrated on real features.
+def quantize_int8(fp32_path: Path, calibration: Iterable[torch.Tensor], path: Path,
+                  symbolic_shapes: bool = True) -> None:
+    """Static post-training INT8 (QDQ, per-channel weights) of an FP32 ONNX file, calibrated on real feature batches.
+
+    `symbolic_shapes` False skips ONNX Runtime's symbolic shape inference, whose sympy cannot read the floor()
+    a strided convolution puts on a dynamic time axis; ONNX's own shape inference still runs.
 
     U8 activations with MinMax ranges, S8 weights reduced to 7 bits: accurate on every CPU, VNNI or not.
     """
     with tempfile.TemporaryDirectory(prefix="earshot-quant-") as scratch, atomic_path(path) as tmp:
         prepared = Path(scratch) / "prepared.onnx"
-        quant_pre_process(fp32_path, prepared)
+        quant_pre_process(fp32_path, prepared, skip_symbolic_shape=not symbolic_shapes)
         quantize_static(
             prepared,
             tmp,
@@ -153,14 +160,14 @@ def quantize_int8(fp32_path: Path, calibration: torch.Tensor, path: Path) -> Non
         onnx.checker.check_model(tmp, full_check=True)
 
 
-def _single_thread_session(path: Path) -> ort.InferenceSession:
+def single_thread_session(path: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
-def _latency_ms(run: Callable[[], object], runs: int) -> tuple[float, float]:
+def latency_ms(run: Callable[[], object], runs: int) -> tuple[float, float]:
     """Median and p95 wall time of `run` in milliseconds, after a warm-up that is not counted."""
     for _ in range(WARMUP_RUNS):
         run()
@@ -174,7 +181,7 @@ def _latency_ms(run: Callable[[], object], runs: int) -> tuple[float, float]:
 
 def onnx_predictions(path: Path | ort.InferenceSession, mels: torch.Tensor) -> torch.Tensor:
     """Top-1 label indices of an exported model (a file or an open session) on precomputed log-mels."""
-    session = path if isinstance(path, ort.InferenceSession) else _single_thread_session(path)
+    session = path if isinstance(path, ort.InferenceSession) else single_thread_session(path)
     mels = mels.float().contiguous()
     return torch.cat([torch.from_numpy(session.run([OUTPUT], {INPUT: chunk.numpy()})[0]).argmax(1)
                       for chunk in mels.split(BATCH)])
@@ -182,10 +189,10 @@ def onnx_predictions(path: Path | ort.InferenceSession, mels: torch.Tensor) -> t
 
 def _onnx_variant(name: str, path: Path, test_mels: torch.Tensor, test_labels: torch.Tensor,
                   torch_top1: torch.Tensor, runs: int) -> Variant:
-    session = _single_thread_session(path)
+    session = single_thread_session(path)
     top1 = onnx_predictions(session, test_mels)
     clip = {INPUT: test_mels[:1].numpy()}
-    p50, p95 = _latency_ms(lambda: session.run([OUTPUT], clip), runs)
+    p50, p95 = latency_ms(lambda: session.run([OUTPUT], clip), runs)
     return Variant(name, path, path.stat().st_size, p50, p95, _rate(top1 == test_labels), _rate(top1 == torch_top1))
 
 
@@ -197,7 +204,7 @@ def _torch_variant(model: KeywordSpotter, test_mels: torch.Tensor, test_labels: 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            p50, p95 = _latency_ms(lambda: model(clip), runs)
+            p50, p95 = latency_ms(lambda: model(clip), runs)
         finally:
             torch.set_num_threads(threads)
     weights = io.BytesIO()
@@ -225,7 +232,7 @@ def export_models(model: KeywordSpotter, calibration: torch.Tensor, test_mels: t
     fp32_path, int8_path = out_dir / FP32_FILE, out_dir / INT8_FILE
     # Trace with batch 2: a batch-1 example would let torch.export specialise the batch axis to 1.
     export_fp32(model, calibration[:1].repeat(2, 1, 1), fp32_path)
-    quantize_int8(fp32_path, calibration, int8_path)
+    quantize_int8(fp32_path, calibration.split(BATCH), int8_path)
 
     eager, torch_top1 = _torch_variant(model, test_mels, test_labels, cfg.latency_runs)
     report = ExportReport(

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from components.config import Gate
+from components.config import AsrGate, Gate
 from components.dataset import KwsData
 from components.evaluate import evaluate_predictions
 
@@ -31,6 +31,17 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class TranscriberCandidate:
+    """What the gate needs to know about one speech-to-text model: INT8 word error rates and INT8 figures."""
+
+    wer: float
+    per_domain: dict[str, float]
+    int8_wer_gap_points: float  # INT8 WER minus FP32 WER, in points
+    int8_rtf: float  # processing time / audio time, 1 thread
+    int8_size_bytes: int
+
+
+@dataclass(frozen=True)
 class Check:
     name: str
     passed: bool
@@ -41,8 +52,8 @@ class Check:
 @dataclass(frozen=True)
 class GateReport:
     checks: tuple[Check, ...]
-    challenger: Candidate
-    champion: Candidate | None = None
+    challenger: Candidate | TranscriberCandidate
+    champion: Candidate | TranscriberCandidate | None = None
 
     @property
     def passed(self) -> bool:
@@ -99,14 +110,43 @@ def gate_challenger(
               _pct(challenger.int8_parity), f"≥ {_pct(cfg.min_int8_parity)}"),
         Check("INT8 latency (1 thread, p50)", challenger.int8_latency_ms <= cfg.max_int8_latency_ms,
               f"{challenger.int8_latency_ms:.3f} ms", f"≤ {cfg.max_int8_latency_ms:.3f} ms"),
-        Check("INT8 size", challenger.int8_size_bytes / 1024 <= cfg.max_int8_size_kib,
-              f"{challenger.int8_size_bytes / 1024:.1f} KiB", f"≤ {cfg.max_int8_size_kib:.1f} KiB"),
+        _size_check(challenger.int8_size_bytes, cfg.max_int8_size_kib),
     ]
     if golden_labels:
         changed = sorted(clip for clip, label in golden_labels.items() if challenger.golden.get(clip) != label)
         checks.append(Check("golden clips keep their labels", not changed,
                             f"{len(changed)} of {len(golden_labels)} changed" + (f": {', '.join(changed[:5])}"
                                                                                   if changed else ""), "0 changed"))
+    return GateReport(tuple(checks), challenger, champion)
+
+
+def gate_transcriber(challenger: TranscriberCandidate, champion: TranscriberCandidate | None, cfg: AsrGate,
+                     new_domain: str | None = None) -> GateReport:
+    """The speech-to-text gate: WER per domain may rise by at most the allowed points, overall must not rise.
+
+    As for keywords, both candidates are scored as INT8 ONNX on the same current test sets.
+    """
+    checks: list[Check] = []
+    if champion is not None:
+        for domain, before in sorted(champion.per_domain.items()):
+            after = challenger.per_domain.get(domain)
+            rise = (after - before) * 100 if after is not None else float("inf")
+            checks.append(Check(f"no WER regression on {domain}", rise <= cfg.max_domain_wer_increase_points + 1e-9,
+                                f"{_pct(after)} (was {_pct(before)})",
+                                f"rise ≤ {cfg.max_domain_wer_increase_points:.1f} points"))
+        checks.append(Check("overall WER not higher", challenger.wer <= champion.wer + 1e-12,
+                            f"{_pct(challenger.wer)} (was {_pct(champion.wer)})", f"≤ {_pct(champion.wer)}"))
+    if new_domain is not None:
+        reached = challenger.per_domain.get(new_domain)
+        checks.append(Check(f"new domain {new_domain} WER", reached is not None and reached <= cfg.max_new_domain_wer,
+                            _pct(reached), f"≤ {_pct(cfg.max_new_domain_wer)}"))
+    checks += [
+        Check("INT8 WER within FP32's", challenger.int8_wer_gap_points <= cfg.max_int8_wer_gap_points,
+              f"{challenger.int8_wer_gap_points:+.2f} points", f"≤ {cfg.max_int8_wer_gap_points:.1f} points"),
+        Check("INT8 real-time factor (1 thread)", challenger.int8_rtf <= cfg.max_int8_rtf,
+              f"{challenger.int8_rtf:.3f}", f"≤ {cfg.max_int8_rtf:.3f}"),
+        _size_check(challenger.int8_size_bytes, cfg.max_int8_size_kib),
+    ]
     return GateReport(tuple(checks), challenger, champion)
 
 
@@ -132,6 +172,10 @@ def scored_candidate(top1: torch.Tensor, test: KwsData, int8_parity: float, int8
     return Candidate(evaluation.accuracy, evaluation.per_domain, int8_parity, int8_latency_ms, int8_size_bytes,
                      golden={source: test.label_names[top1[i]] for i, source in enumerate(test.sources)
                              if source in wanted})
+
+
+def _size_check(size_bytes: int, max_kib: float) -> Check:
+    return Check("INT8 size", size_bytes / 1024 <= max_kib, f"{size_bytes / 1024:.1f} KiB", f"≤ {max_kib:.1f} KiB")
 
 
 def _pct(value: float | None) -> str:

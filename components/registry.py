@@ -23,7 +23,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_
 
 from components.config import Tracking
 from components.errors import EarshotError
-from components.export import FP32_FILE, INPUT, INT8_FILE, OUTPUT
+from components.export import FP32_FILE, INPUT, INT8_FILE, LOG_PROBS, OUTPUT
 from components.tracking import tracking_uri
 
 CHAMPION = "champion"
@@ -86,7 +86,8 @@ def deployable_files(client: MlflowClient, name: str, version: str, dest: Path) 
     """Download the version's files into dest and return the folder holding them.
 
     PromotionError (one line naming model, version and the problem) unless its tag `gate` is "passed" and both
-    ONNX files exist, open in an ONNX Runtime CPU session and take `mels` and give `logits`, as serving expects.
+    ONNX files exist, open in an ONNX Runtime CPU session and take `mels` and give `logits` (keywords) or `log_probs`
+    (speech to text), as serving expects.
     """
     where = f"model {name!r} version {version}"
     gate = _version(client, name, version).tags.get("gate")
@@ -108,9 +109,9 @@ def deployable_files(client: MlflowClient, name: str, version: str, dest: Path) 
         except Exception as err:  # ONNX Runtime's errors (InvalidProtobuf, Fail, ...) share no narrower base
             raise PromotionError(f"{where}: {file} does not load in ONNX Runtime ({_first_line(err)})") from None
         inputs, outputs = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
-        if inputs != [INPUT] or outputs != [OUTPUT]:
+        if inputs != [INPUT] or outputs not in ([OUTPUT], [LOG_PROBS]):
             raise PromotionError(f"{where}: {file} takes {inputs} and gives {outputs}, not [{INPUT!r}] and "
-                                 f"[{OUTPUT!r}]")
+                                 f"[{OUTPUT!r}] or [{LOG_PROBS!r}]")
     return folder
 
 

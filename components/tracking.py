@@ -53,11 +53,14 @@ def training_run(params: Params, run_file: Path, tags: dict[str, str], resume: b
     With `resume`, an interrupted training of the same `training_key` continues the run `run_file` names, so its
     curves stay in one place.
     """
-    use_store(params.tracking)
+    use_store(params.mlflow)
     recorded = json.loads(run_file.read_text()) if resume and run_file.is_file() else {}
     same = recorded.get("training_key") == tags.get("training_key")
     with mlflow.start_run(run_id=recorded["run_id"] if same else None, tags=tags) as run:
-        settings = flatten(params.model_dump(mode="json", exclude={"synthesis", "paths", "tracking", "demo"}))
+        # The other track's settings do not shape this model; logged, they would only bury the ones that do.
+        other_track = {"asr"} if params.track == "kws" else {"dataset", "features", "model", "train", "export", "gate"}
+        settings = flatten(params.model_dump(mode="json", exclude={"synthesis", "paths", "tracking", "demo",
+                                                                   *other_track}))
         mlflow.log_params({k: str(v)[:6000] for k, v in settings.items()})
         write_text_atomically(run_file, json.dumps({"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
                                                     "training_key": tags.get("training_key")}) + "\n")
@@ -69,6 +72,6 @@ def resume_run(params: Params, run_file: Path) -> Iterator[mlflow.ActiveRun]:
     """Re-open the run that trained the model, so its evaluation and export sit beside its training curves."""
     if not run_file.is_file():
         raise EarshotError(f"{run_file}: no training run recorded; run the train stage first")
-    use_store(params.tracking)
+    use_store(params.mlflow)
     with mlflow.start_run(run_id=json.loads(run_file.read_text())["run_id"]) as run:
         yield run

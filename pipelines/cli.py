@@ -33,9 +33,12 @@ def options(debug: Annotated[bool, typer.Option(help="Show full tracebacks.")] =
 
 
 def _run_stage(name: str, params_path: Path) -> None:
+    from components.gate import GateReport
     from pipelines.stages import STAGES
 
-    STAGES[name](load_params(params_path))
+    result = STAGES[name](load_params(params_path))
+    if isinstance(result, GateReport):
+        console.print(result.to_markdown(), highlight=False)
 
 
 def _stage_command(name: str, doc: str) -> None:
@@ -47,11 +50,12 @@ def _stage_command(name: str, doc: str) -> None:
 
 
 for _name, _doc in {
-    "synthesize": "Synthesize the speech corpus: one Speech Commands tree per acoustic domain.",
-    "featurize": "Decode, label and featurize every clip once into the features file.",
-    "train": "Train the keyword spotter and log the run to MLflow.",
-    "evaluate": "Score the model per class and per acoustic domain on the test split.",
-    "export": "Export ONNX FP32 and INT8, check parity, measure size and latency.",
+    "synthesize": "Synthesize the track's speech corpus, one folder per acoustic domain.",
+    "featurize": "Decode, label and featurize every clip once into one shard per domain.",
+    "train": "Train the track's model and log the run to MLflow.",
+    "evaluate": "Score the model per acoustic domain on the test split (accuracy, or WER and CER).",
+    "export": "Export ONNX FP32 and INT8, measure parity, size and speed.",
+    "gate": "Hold the exported model to the regression gate against the registry's champion.",
 }.items():
     _stage_command(_name, _doc)
 
@@ -129,7 +133,7 @@ def promote(
     from components.registry import promote as promote_version
     from components.registry import registry_client
 
-    cfg = load_params(params).tracking
+    cfg = load_params(params).mlflow
     event = promote_version(registry_client(cfg), cfg.registered_model, version, reason)
     console.print(f"champion: version {event.version} (previous: {event.replaced or 'none'})", highlight=False)
 
@@ -143,7 +147,7 @@ def rollback(
     from components.registry import registry_client
     from components.registry import rollback as rollback_champion
 
-    cfg = load_params(params).tracking
+    cfg = load_params(params).mlflow
     event = rollback_champion(registry_client(cfg), cfg.registered_model, reason)
     console.print(f"champion: version {event.version} (was {event.replaced})", highlight=False)
 
@@ -153,7 +157,7 @@ def promotions(params: ParamsOption = Path("params.yaml")) -> None:
     """Print the promotion log: every promotion, refusal and rollback, oldest first."""
     from components.registry import promotion_log, registry_client
 
-    cfg = load_params(params).tracking
+    cfg = load_params(params).mlflow
     table = Table(title=f"earshot · {cfg.registered_model} promotion log", title_justify="left")
     for column in ("at (UTC)", "action", "version", "replaced", "reason"):
         table.add_column(column)
@@ -207,7 +211,7 @@ def summary_table(params: Params) -> Table:
         table.add_row(row["name"], f"{row['size_bytes'] / 1024:.1f} KiB · {row['latency_ms_p50']:.3f} ms p50 "
                                    f"(1 thread) · accuracy {row['accuracy']:.2%}")
     table.add_row("MLflow run", run["run_id"])
-    table.add_row("MLflow UI", f".venv/bin/mlflow ui --backend-store-uri {tracking_uri(params.tracking)} "
+    table.add_row("MLflow UI", f".venv/bin/mlflow ui --backend-store-uri {tracking_uri(params.mlflow)} "
                                "--host 127.0.0.1  → http://127.0.0.1:5000")
     return table
 

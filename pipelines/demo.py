@@ -109,7 +109,7 @@ def _step(params: Params, label: str, drop: Path | None, domain: str | None) -> 
     seconds = time.perf_counter() - start
     gate = json.loads(outcome["gate"])
     challenger = {"overall": gate["challenger"]["accuracy"]} | gate["challenger"]["per_domain"]
-    current = champion(registry_client(params.tracking), params.tracking.registered_model)
+    current = champion(registry_client(params.mlflow), params.mlflow.registered_model)
     failures = [check["name"] for check in gate["checks"] if not check["passed"]]
     return StoryStep(label, domain, outcome["outcome"], outcome["version"], outcome["drift"], challenger, failures,
                      current.version if current else "none", seconds)

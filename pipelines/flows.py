@@ -56,7 +56,7 @@ training_key = _stage_task(stages.training_key)
 def _champion_score_key(_context: Any, arguments: dict[str, Any]) -> str:
     # Version numbers repeat across registries, so the store (a relative sqlite URI means one per folder) and the
     # model name are part of the key; Prefect's cache is shared by every project of the user.
-    tracking = arguments["params"].tracking
+    tracking = arguments["params"].mlflow
     identity = [str(Path.cwd()), tracking_uri(tracking), tracking.registered_model, arguments["version"],
                 arguments["training_key"]]
     return "champion-score-" + hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]
@@ -84,7 +84,7 @@ def continuous_training(params_path: str = "params.yaml", drop: str | None = Non
             ingest(params, Path(drop), domain)
         featurize(params)
         key = training_key(params)
-        done = gated_version(registry_client(params.tracking), params.tracking.registered_model, key)
+        done = gated_version(registry_client(params.mlflow), params.mlflow.registered_model, key)
         if done is not None:
             print(f"data and settings unchanged since version {done.version} (gate {done.tags.get('gate')}); "
                   "nothing to train")

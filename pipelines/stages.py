@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,7 +162,7 @@ def champion_weights(params: Params, label_names: list[str]) -> tuple[dict[str, 
     """The champion's weights when retraining may start from them, and a word on where training started."""
     if not params.train.warm_start:
         return None, "off"
-    client, name = registry_client(params.tracking), params.tracking.registered_model
+    client, name = registry_client(params.mlflow), params.mlflow.registered_model
     current = champion(client, name)
     if current is None:
         return None, "scratch (no champion)"
@@ -186,23 +187,25 @@ def _report_epoch(metrics: dict[str, float]) -> None:
 
 
 def evaluate(params: Params) -> Evaluation:
-    """Score the trained model on the test split of every domain; write metrics, confusion plot data and image."""
+    """Score the trained model on the test split of every domain; write metrics, predictions, a summary and a plot."""
     model, _ = load_model(model_file(params))
     test = KwsData.load(params.out.features).split("testing")
     evaluation = evaluate_predictions(predict(model, test.mels), test)
     reports = params.out.reports
     write_json(reports / "metrics.json", evaluation.metrics())
     names = test.label_names
-    write_csv(reports / "confusion.csv", [{"actual": names[a], "predicted": names[p]}
-                                          for a, p in zip(test.labels.tolist(), evaluation.predictions, strict=True)],
-              ["actual", "predicted"])
-    plot_confusion(evaluation, names, reports / "confusion.png")
+    write_csv(reports / "predictions.csv", [{"source": source, "actual": names[a], "predicted": names[p]}
+                                            for source, a, p in zip(test.sources, test.labels.tolist(),
+                                                                    evaluation.predictions, strict=True)],
+              ["source", "actual", "predicted"])
+    write_text_atomically(reports / "evaluation.md", evaluation.to_markdown())
+    plot_confusion(evaluation, names, reports / "evaluation.png")
     with resume_run(params, run_file(params)):
         mlflow.log_metrics({"test_accuracy": evaluation.accuracy}
                            | {f"test_accuracy.{d}": v for d, v in evaluation.per_domain.items()}
                            | {f"test_accuracy.class.{c}": v for c, v in evaluation.per_class.items()})
-        mlflow.log_artifact(str(reports / "confusion.png"), artifact_path="evaluation")
-        mlflow.log_artifact(str(reports / "metrics.json"), artifact_path="evaluation")
+        for name in ("evaluation.png", "evaluation.md", "metrics.json"):
+            mlflow.log_artifact(str(reports / name), artifact_path="evaluation")
     return evaluation
 
 
@@ -252,13 +255,13 @@ class ChampionScore:
 
 
 def champion_version(params: Params) -> str | None:
-    current = champion(registry_client(params.tracking), params.tracking.registered_model)
+    current = champion(registry_client(params.mlflow), params.mlflow.registered_model)
     return str(current.version) if current else None
 
 
 def score_champion(params: Params, version: str) -> ChampionScore:
     """Download champion `version`, run its INT8 model on the current test split of every domain."""
-    client, name = registry_client(params.tracking), params.tracking.registered_model
+    client, name = registry_client(params.mlflow), params.mlflow.registered_model
     test = KwsData.load(params.out.features).split("testing")
     with tempfile.TemporaryDirectory() as scratch:
         folder = deployable_files(client, name, version, Path(scratch))
@@ -305,7 +308,7 @@ class Decision:
 
 def decide(params: Params, report: GateReport, new_domain: str | None) -> Decision:
     """Register the challenger with its model card; a pass becomes champion, a refusal keeps its reasons."""
-    client, name = registry_client(params.tracking), params.tracking.registered_model
+    client, name = registry_client(params.mlflow), params.mlflow.registered_model
     run_id = json.loads(run_file(params).read_text())["run_id"]
     run_tags = client.get_run(run_id).data.tags
     int8 = int8_figures(params)
@@ -335,7 +338,7 @@ def ingest(params: Params, drop: Path, domain: str) -> IngestReport:
     if not report.drop_rejected:
         commit_data_version(params.ingest.root / domain, params.ingest.root / LEDGER,
                             f"data: ingest {Path(drop).name} into {domain} (data version {report.data_version})")
-    use_store(params.tracking)
+    use_store(params.mlflow)
     with mlflow.start_run(run_name=f"ingest {Path(drop).name}", tags={
             "stage": "ingest", "drop_id": report.drop_id, "domain": domain, "data_version": report.data_version}):
         mlflow.log_metrics({"accepted": report.accepted, "rejected": report.rejected})
@@ -360,5 +363,24 @@ def int8_figures(params: Params) -> dict[str, object]:
     return next(row for row in variants if row["name"] == "onnx_int8")
 
 
-STAGES = {"synthesize": synthesize_corpus, "featurize": featurize_stage, "train": train, "evaluate": evaluate,
-          "export": export}
+def gate_stage(params: Params) -> GateReport:
+    """DVC's gate stage: the exported challenger against whichever model is champion now (absolute checks if none)."""
+    version = champion_version(params)
+    return gate(params, None, score_champion(params, version) if version else None)
+
+
+def for_track(name: str) -> Callable[[Params], object]:
+    """The stage `name` of the track params.track selects; both tracks write the outputs dvc.yaml declares."""
+    def run(params: Params) -> object:
+        if params.track == "asr":
+            from pipelines import asr_stages  # imported on use: the keyword track does not need its modules
+
+            return getattr(asr_stages, name)(params)
+        return KWS_STAGES[name](params)
+
+    return run
+
+
+KWS_STAGES = {"synthesize": synthesize_corpus, "featurize": featurize_stage, "train": train, "evaluate": evaluate,
+              "export": export, "gate": gate_stage}
+STAGES = {name: for_track(name) for name in KWS_STAGES}

@@ -82,8 +82,8 @@ class World:
         self.params_path = root / "params.yaml"
         self.params_path.write_text(yaml.safe_dump(settings, sort_keys=False))
         self.params: Params = load_params(self.params_path)
-        self.client = registry_client(self.params.tracking)
-        self.name = self.params.tracking.registered_model
+        self.client = registry_client(self.params.mlflow)
+        self.name = self.params.mlflow.registered_model
 
     def drop(self, domain: str, lowest: float, count: int = 12, detune: int = 0, shuffled: bool = False,
              split: str | None = None) -> Path:
@@ -276,7 +276,8 @@ def test_a_killed_retraining_resumes_from_its_checkpoint(prefect_api, tmp_path, 
     settings = world.settings
     settings["train"] |= {"epochs": 40, "patience": 40}
     world.params_path.write_text(yaml.safe_dump(settings, sort_keys=False))
-    checkpoint = Path(settings["paths"]["model_dir"]) / "checkpoint.pt"
+    model_dir = Params.model_validate(settings).out.model_dir
+    checkpoint = model_dir / "checkpoint.pt"
     env = os.environ | {"PREFECT_API_URL": prefect_api, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
     child = subprocess.Popen([str(BIN / "earshot"), "retrain", "--params", str(world.params_path)], cwd=tmp_path,
@@ -289,7 +290,7 @@ def test_a_killed_retraining_resumes_from_its_checkpoint(prefect_api, tmp_path, 
     time.sleep(0.5)
     child.send_signal(signal.SIGKILL)
     child.wait()
-    killed_run = json.loads((Path(settings["paths"]["model_dir"]) / "run.json").read_text())["run_id"]
+    killed_run = json.loads((model_dir / "run.json").read_text())["run_id"]
     assert champion(world.client, world.name) is None  # killed before promotion: nothing half-promoted
 
     result = world.retrain()

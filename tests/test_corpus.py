@@ -154,7 +154,7 @@ def test_same_params_give_identical_bytes_for_any_worker_count(
 ) -> None:
     params, roots = corpus
     again = small_params(tmp_path)
-    stale = tmp_path / "studio" / "stale.wav"
+    stale = tmp_path / "kws" / "studio" / "stale.wav"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"left over from an older run")
     rerun = synthesize_corpus(again, progress=False, workers=1)
@@ -176,4 +176,4 @@ def test_unknown_voice_is_refused_naming_domain_and_voice(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match=r"synthesis\.domains\.street\.voices: .*'en-xx-martian'") as err:
         synthesize_corpus(small_params(tmp_path, domains=bad), progress=False)
     assert "\n" not in str(err.value)
-    assert not (tmp_path / "street").exists()
+    assert not (tmp_path / "kws" / "street").exists()

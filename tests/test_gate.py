@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from components.config import Gate
-from components.gate import Candidate, gate_challenger
+from components.config import AsrGate, Gate
+from components.gate import Candidate, TranscriberCandidate, gate_challenger, gate_transcriber
 
 CFG = Gate(max_domain_regression_points=1.0, min_new_domain_accuracy=0.9, min_int8_parity=0.99,
            max_int8_latency_ms=2.0, max_int8_size_kib=256.0)
@@ -76,3 +76,41 @@ def test_first_model_has_no_champion_to_compare_with_and_reports_render():
     assert payload["passed"] is True and len(payload["checks"]) == len(report.checks)
     markdown = report.to_markdown()
     assert markdown.startswith("## Gate PASSED") and markdown.count("\n| ") == len(report.checks) + 1
+
+
+ASR_CFG = AsrGate(max_domain_wer_increase_points=1.0, max_new_domain_wer=0.15, max_int8_wer_gap_points=1.0,
+                  max_int8_rtf=0.3, max_int8_size_kib=2048.0)
+
+
+def transcriber(per_domain: dict[str, float], **extra) -> TranscriberCandidate:
+    figures = {"wer": sum(per_domain.values()) / len(per_domain), "per_domain": per_domain,
+               "int8_wer_gap_points": 0.2, "int8_rtf": 0.05, "int8_size_bytes": 500_000} | extra
+    return TranscriberCandidate(**figures)
+
+
+def test_transcriber_gate_refuses_a_domain_whose_wer_rises_even_when_overall_wer_falls():
+    champion = transcriber({"studio_us": 0.05, "office_uk": 0.10})
+    challenger = transcriber({"studio_us": 0.01, "office_uk": 0.12})  # overall 6.5% < 7.5%, office +2 points
+    report = gate_transcriber(challenger, champion, ASR_CFG)
+    assert failed(report) == {"no WER regression on office_uk"}
+    [check] = report.failures
+    assert check.observed == "12.00% (was 10.00%)"
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"per_domain": {"studio_us": 0.04, "car": 0.20}}, "new domain car WER"),
+        ({"int8_wer_gap_points": 1.5}, "INT8 WER within FP32's"),
+        ({"int8_rtf": 0.5}, "INT8 real-time factor (1 thread)"),
+        ({"int8_size_bytes": 3 * 1024 * 1024}, "INT8 size"),
+        ({"wer": 0.30}, "overall WER not higher"),
+    ],
+)
+def test_each_transcriber_check_can_refuse(changes, expected):
+    champion = transcriber({"studio_us": 0.05})
+    figures = {"wer": 0.05, "per_domain": {"studio_us": 0.05, "car": 0.10}, "int8_wer_gap_points": 0.2,
+               "int8_rtf": 0.05, "int8_size_bytes": 500_000} | changes
+    report = gate_transcriber(TranscriberCandidate(**figures), champion, ASR_CFG, new_domain="car")
+    assert failed(report) == {expected}
+    assert json.loads(report.to_json())["challenger"]["int8_rtf"] == figures["int8_rtf"]

@@ -47,13 +47,14 @@ def dvc_repo(tmp_path_factory) -> Path:
 
 
 def test_dvc_repro_builds_every_stage_output(dvc_repo):
-    metrics = json.loads((dvc_repo / "reports/metrics.json").read_text())
+    metrics = json.loads((dvc_repo / "reports/kws/metrics.json").read_text())
     assert set(metrics["per_domain"]) == {"studio_us", "car_scottish"}
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["clips"] > 0
-    exported = json.loads((dvc_repo / "reports/export.json").read_text())
+    exported = json.loads((dvc_repo / "reports/kws/export.json").read_text())
     assert {v["name"] for v in exported["variants"]} >= {"onnx_fp32", "onnx_int8"}
     for out in ("models/kws/model.pt", "models/kws/model.onnx", "models/kws/model.int8.onnx",
-                "reports/confusion.png", "data/features/kws/index.json", "data/synth/studio_us/testing_list.txt"):
+                "reports/kws/evaluation.png", "reports/kws/gate.json", "data/features/kws/index.json",
+                "data/synth/kws/studio_us/testing_list.txt"):
         assert (dvc_repo / out).is_file(), out
     shown = run(["dvc", "metrics", "show", "--json"], dvc_repo).stdout
     assert "per_domain" in shown
@@ -67,7 +68,7 @@ def test_second_repro_runs_nothing_and_one_param_reruns_only_downstream(dvc_repo
     (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = run(["dvc", "repro"], dvc_repo).stdout
     ran = {line.split("'")[1] for line in changed.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train", "evaluate", "export"}
+    assert ran == {"train", "evaluate", "export", "gate"}
     assert json.loads((dvc_repo / "models/kws/train_metrics.json").read_text())["epochs_run"] <= 2
 
 

@@ -1,0 +1,69 @@
+"""Characters <-> CTC tokens, and the two ways to read a transcript off a model's log-probabilities.
+
+Greedy decoding is what training validates with; beam search (torchaudio's flashlight decoder) may also be held to
+the words of a lexicon, which mends the misspellings a character model makes on words it has heard.
+"""
+
+from __future__ import annotations
+
+import string
+import tempfile
+from pathlib import Path
+
+import torch
+from torchaudio.models.decoder import ctc_decoder
+
+from components.config import Decode
+
+BLANK, SEPARATOR = "-", "|"
+# Index 0 is the CTC blank; "|" stands for the space between words, as in wav2letter and torchaudio.
+TOKENS = [BLANK, SEPARATOR, "'", *string.ascii_lowercase]
+_INDEX = {token: i for i, token in enumerate(TOKENS)}
+BLANK_ID = _INDEX[BLANK]
+
+
+def encode_text(text: str) -> list[int]:
+    """Token ids of a transcript (lower-cased, runs of whitespace as one separator); ValueError on other characters."""
+    words = text.lower().split()
+    unknown = sorted(set("".join(words)) - set(TOKENS[2:]))
+    if unknown:
+        raise ValueError(f"transcript {text!r} has characters outside a-z, ' and space: {''.join(unknown)!r}")
+    return [_INDEX[c] for c in SEPARATOR.join(words)]
+
+
+def tokens_to_text(ids: list[int]) -> str:
+    """The words a CTC path spells: repeats collapsed, blanks dropped, separators as single spaces."""
+    collapsed = [t for i, t in enumerate(ids) if t != BLANK_ID and (i == 0 or t != ids[i - 1])]
+    return " ".join("".join(TOKENS[t] for t in collapsed).replace(SEPARATOR, " ").split())
+
+
+def greedy_decode(log_probs: torch.Tensor) -> str:
+    """Best path decoding of (frames, vocab) log-probabilities: the most likely token of every frame."""
+    return tokens_to_text(log_probs.argmax(dim=-1).tolist())
+
+
+class BeamDecoder:
+    """Beam search over (frames, vocab) log-probabilities, spelling only `vocabulary` words when cfg.lexicon is set.
+
+    No language model: with a lexicon every word of the vocabulary is equally likely, so the acoustic scores decide.
+    """
+
+    def __init__(self, vocabulary: list[str] | None, cfg: Decode) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            lexicon = None
+            if cfg.lexicon and vocabulary:
+                for word in vocabulary:
+                    encode_text(word)  # refuses words the tokens cannot spell
+                lexicon = str(Path(folder) / "lexicon.txt")
+                # Each word spelled in tokens, ending in the separator: flashlight's word boundary.
+                Path(lexicon).write_text("".join(f"{w} {' '.join(w)} {SEPARATOR}\n" for w in sorted(set(vocabulary))))
+            self.decoder = ctc_decoder(lexicon=lexicon, tokens=TOKENS, beam_size=cfg.beam_size,
+                                       blank_token=BLANK, sil_token=SEPARATOR)
+        self.lexicon = lexicon is not None
+
+    def decode(self, log_probs: torch.Tensor) -> str:
+        """The best beam's words; a lexicon-free beam is spelled out of its tokens."""
+        best = self.decoder(log_probs.detach().float().unsqueeze(0).contiguous())[0][0]
+        if self.lexicon:
+            return " ".join(best.words)
+        return " ".join("".join(self.decoder.idxs_to_tokens(best.tokens)).replace(SEPARATOR, " ").split())

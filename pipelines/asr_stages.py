@@ -1,0 +1,222 @@
+"""The speech-to-text track's stages, behind the same names and outputs as the keyword stages in stages.py.
+
+`params.track: asr` routes `earshot <stage>` (and so `dvc repro`) here; the registry, the gate report and the run
+bookkeeping are shared with the keyword track.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow.models import infer_signature
+
+from components.asr_corpus import synthesize_asr_corpus
+from components.asr_data import AsrData, build_asr_data
+from components.asr_export import (
+    TranscriberExport,
+    export_transcriber,
+    onnx_log_probs,
+    score_variant,
+    torch_log_probs,
+    transcribe,
+)
+from components.asr_model import Transcriber, load_transcriber, pad_batch, save_transcriber
+from components.asr_train import train_transcriber
+from components.config import AsrModel, Params
+from components.ctc import BeamDecoder
+from components.dataset import SPLITS
+from components.errors import EarshotError
+from components.evaluate import plot_domain_wer
+from components.export import INT8_FILE
+from components.files import write_csv, write_text_atomically
+from components.gate import GateReport, TranscriberCandidate, gate_transcriber
+from components.model import count_parameters
+from components.registry import champion, deployable_files, registry_client
+from components.tracking import resume_run, training_run
+from components.train import run_fingerprint
+from components.wer import WerReport, score_transcripts
+from pipelines.stages import console, model_file, read_json, run_file, write_json
+
+SHARD_INDEX = "index.json"
+# Logged beside the ONNX files: what a consumer of the exported model needs to feed it and read its output.
+CARD_FILE = "transcriber.json"
+
+
+def synthesize(params: Params) -> dict[str, Path]:
+    return synthesize_asr_corpus(params)
+
+
+def featurize(params: Params) -> dict[str, str]:
+    """One shard of log-mels and transcripts per domain; a domain whose files and settings are unchanged is kept."""
+    out, cfg = params.out.features, params.asr
+    settings = json.dumps([cfg.sample_rate, cfg.features.model_dump(), cfg.subsets.model_dump()])
+    index_file = out / SHARD_INDEX
+    built = json.loads(index_file.read_text()) if index_file.is_file() else {}
+    index = {}
+    for domain, folder in cfg.domains.items():
+        fingerprint = _folder_fingerprint(Path(folder), settings)
+        if built.get(domain, {}).get("fingerprint") != fingerprint or not (out / f"{domain}.pt").is_file():
+            console.print(f"featurizing {domain} from {folder}", highlight=False)
+            part = build_asr_data(params, domain, Path(folder))
+            part.save(out / f"{domain}.pt")
+            built[domain] = {"fingerprint": fingerprint, "splits": torch.bincount(part.splits, minlength=3).tolist()}
+        index[domain] = built[domain]
+    for stale in set(built) - set(index):
+        (out / f"{stale}.pt").unlink(missing_ok=True)
+    for i, split in enumerate(SPLITS):
+        if not any(entry["splits"][i] for entry in index.values()):
+            raise EarshotError(f"{', '.join(map(str, cfg.domains.values()))}: no {split} utterances")
+    write_text_atomically(index_file, json.dumps(index, indent=2) + "\n")
+    return {domain: entry["fingerprint"] for domain, entry in index.items()}
+
+
+def _folder_fingerprint(folder: Path, settings: str) -> str:
+    if not folder.is_dir():
+        raise EarshotError(f"{folder}: no such folder (asr.domains); run the synthesize stage or fix the path")
+    lines = [settings] + [f"{p.relative_to(folder)} {hashlib.sha256(p.read_bytes()).hexdigest()}"
+                          for p in sorted(folder.rglob("*")) if p.is_file()]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def load_data(params: Params) -> AsrData:
+    """Every domain's shard, in the order featurize indexed them."""
+    out = params.out.features
+    index = read_json(out / SHARD_INDEX)
+    return AsrData.concat([AsrData.load(out / f"{domain}.pt") for domain in index])
+
+
+def lexicon(data: AsrData) -> list[str]:
+    """The words the model may spell with a lexicon: every word of the training and validation transcripts."""
+    heard = [t for t, s in zip(data.texts, data.splits.tolist(), strict=True) if s != SPLITS.index("testing")]
+    return sorted({word for text in heard for word in text.split()})
+
+
+def decoder_for(card: dict, params: Params) -> BeamDecoder:
+    return BeamDecoder(card["vocabulary"], params.asr.decode)
+
+
+def train(params: Params) -> str:
+    """Train the transcriber, log it to MLflow with the data version, save weights with their card."""
+    data = load_data(params)
+    out = params.out.model_dir
+    checkpoint = out / "checkpoint.pt"
+    key = run_fingerprint(params, data.version)
+    tags = {"dataset_version": data.version, "track": "asr", "training_key": key}
+    with training_run(params, run_file(params), tags=tags, resume=checkpoint.is_file()) as run:
+        result = train_transcriber(data, params, checkpoint=checkpoint, on_epoch=_report_epoch)
+        card = {"features": params.asr.features.model_dump(), "model": params.asr.model.model_dump(),
+                "sample_rate": params.asr.sample_rate, "vocabulary": lexicon(data), "domain_names": data.domain_names,
+                "dataset_version": data.version, "run_id": run.info.run_id}
+        save_transcriber(result.model, model_file(params), card)
+        mlflow.log_artifact(str(model_file(params)), artifact_path="weights")
+        summary = {"best_epoch": result.best_epoch, "best_val_wer": result.best_val_wer,
+                   "epochs_run": len(result.history), "parameters": count_parameters(result.model)}
+        mlflow.log_metrics({"best_val_wer": result.best_val_wer, "parameters": summary["parameters"]})
+        mlflow.set_tag("resumed_from_epoch", str(result.resumed_from_epoch))
+        example = pad_batch(result.model, [data.split("validation").mels[0].float()])
+        with torch.no_grad():
+            signature = infer_signature(example.numpy(), result.model(example).numpy())
+        mlflow.pytorch.log_model(result.model, name="model", input_example=example.numpy(), signature=signature)
+        write_json(out / "train_metrics.json", summary)
+        write_csv(out / "history.csv", result.history, list(result.history[0]))
+        return run.info.run_id
+
+
+def _report_epoch(metrics: dict[str, float]) -> None:
+    mlflow.log_metrics(metrics, step=int(metrics["epoch"]))
+    console.print(f"epoch {int(metrics['epoch']):>3}  loss {metrics['train_loss']:.3f}  "
+                  f"val WER {metrics['val_wer']:.1%}", highlight=False)
+
+
+def evaluate(params: Params) -> WerReport:
+    """WER and CER per domain on the test split (beam search, lexicon per params), worst utterances, a bar chart."""
+    model, card = load_transcriber(model_file(params))
+    test = load_data(params).split("testing")
+    hypotheses, _ = transcribe(torch_log_probs(model), model, test, decoder_for(card, params))
+    domains = [test.domain_names[d] for d in test.domains]
+    report = score_transcripts(test.ids, test.texts, hypotheses, domains)
+    reports = params.out.reports
+    write_json(reports / "metrics.json", report.metrics())
+    write_csv(reports / "predictions.csv", [{"id": i, "domain": d, "reference": r, "hypothesis": h}
+                                            for i, d, r, h in zip(test.ids, domains, test.texts, hypotheses,
+                                                                  strict=True)],
+              ["id", "domain", "reference", "hypothesis"])
+    write_text_atomically(reports / "evaluation.md", report.to_markdown())
+    plot_domain_wer(report, reports / "evaluation.png")
+    with resume_run(params, run_file(params)):
+        mlflow.log_metrics({"test_wer": report.wer, "test_cer": report.cer}
+                           | {f"test_wer.{d}": w.wer for d, w in report.per_domain.items()}
+                           | {f"test_cer.{d}": w.cer for d, w in report.per_domain.items()})
+        for name in ("evaluation.png", "evaluation.md", "metrics.json", "predictions.csv"):
+            mlflow.log_artifact(str(reports / name), artifact_path="evaluation")
+    console.print(f"test WER {report.wer:.2%} (CER {report.cer:.2%}) on {report.utterances} utterances: "
+                  + ", ".join(f"{d} {w.wer:.2%}" for d, w in report.per_domain.items()), highlight=False)
+    return report
+
+
+def export(params: Params) -> TranscriberExport:
+    """ONNX FP32 and INT8 with WER, size and real-time factor of each; reports/asr/export.json; logged to the run."""
+    model, card = load_transcriber(model_file(params))
+    data = load_data(params)
+    train_mels = data.split("training").mels
+    picks = torch.randperm(len(train_mels), generator=torch.Generator().manual_seed(params.seed))
+    calibration = [train_mels[i] for i in picks[: params.asr.export.calibration_clips].tolist()]
+    report = export_transcriber(model, calibration, data.split("testing"), decoder_for(card, params),
+                                params.asr.features.hop_ms / 1000, params.out.model_dir)
+    write_json(params.out.reports / "export.json", report.to_dict())
+    with resume_run(params, run_file(params)):
+        mlflow.log_dict(report.to_dict(), "export/export.json")
+        mlflow.log_dict(card, f"export/{CARD_FILE}")
+        for row in report.variants:
+            mlflow.log_metrics({f"export.{row.name}.{k}": getattr(row, k) for k in ("size_bytes", "wer", "cer", "rtf")})
+        for path in params.out.model_dir.glob("*.onnx"):
+            mlflow.log_artifact(str(path), artifact_path="export")
+    return report
+
+
+def challenger(params: Params) -> TranscriberCandidate:
+    """The exported challenger as the gate sees it, from the export report."""
+    figures = read_json(params.out.reports / "export.json")
+    int8 = next(row for row in figures["variants"] if row["name"] == "onnx_int8")
+    return TranscriberCandidate(int8["wer"], int8["per_domain"], figures["int8_wer_gap_points"], int8["rtf"],
+                                int8["size_bytes"])
+
+
+def score_champion(params: Params) -> tuple[str, TranscriberCandidate] | None:
+    """The champion's INT8 model re-scored on today's test split (None without a champion)."""
+    client, name = registry_client(params.mlflow), params.mlflow.registered_model
+    current = champion(client, name)
+    if current is None:
+        return None
+    test = load_data(params).split("testing")
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = deployable_files(client, name, str(current.version), Path(scratch))
+        card = read_json(folder / CARD_FILE)
+        # Only the champion's own context sizes are needed to feed its ONNX file; its weights are in the file.
+        shape = Transcriber(card["features"]["n_mels"], AsrModel(**card["model"]))
+        report, _ = score_variant(onnx_log_probs(folder / INT8_FILE), shape, test, decoder_for(card, params))
+    tags = current.tags
+    return str(current.version), TranscriberCandidate(
+        report.wer, {d: w.wer for d, w in report.per_domain.items()}, float(tags.get("int8_wer_gap_points", "nan")),
+        float(tags.get("int8_rtf", "nan")), int(tags.get("int8_size_bytes", 0)))
+
+
+def gate(params: Params, new_domain: str | None = None) -> GateReport:
+    """The WER gate against the current champion; writes reports/asr/gate.{json,md} and logs them to the run."""
+    scored = score_champion(params)
+    report = gate_transcriber(challenger(params), scored[1] if scored else None, params.asr.gate, new_domain)
+    reports = params.out.reports
+    write_text_atomically(reports / "gate.json", report.to_json())
+    write_text_atomically(reports / "gate.md", report.to_markdown())
+    with resume_run(params, run_file(params)):
+        mlflow.log_artifact(str(reports / "gate.json"), artifact_path="gate")
+        mlflow.log_artifact(str(reports / "gate.md"), artifact_path="gate")
+        mlflow.log_metric("gate.passed", float(report.passed))
+        if scored is not None:
+            mlflow.set_tag("champion_version", scored[0])
+    return report

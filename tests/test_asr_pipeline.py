@@ -1,0 +1,65 @@
+"""The speech-to-text track end to end: the real `dvc repro` with `track: asr` in a temporary git + DVC repo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import mlflow
+import pytest
+import yaml
+
+from tests.conftest import PROJECT, tiny_settings
+from tests.test_pipeline import run
+
+
+def tiny_asr_settings() -> dict:
+    """params.yaml on the asr track, cut to a corpus of a few speakers and a model that trains in seconds."""
+    settings = tiny_settings(None)
+    settings["track"] = "asr"
+    asr = settings["asr"]
+    asr["corpus"] |= {"speakers_per_domain": 4, "utterances_per_speaker": 3, "validation_percentage": 25.0,
+                      "testing_percentage": 25.0}
+    asr["model"] |= {"channels": 32, "blocks": 2}
+    asr["train"] |= {"epochs": 2, "batch_size": 4, "patience": 2}
+    asr["export"] |= {"calibration_clips": 4}
+    return settings
+
+
+@pytest.fixture(scope="module")
+def asr_repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("asr-repo")
+    for package in ("components", "pipelines"):
+        shutil.copytree(PROJECT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(PROJECT / "dvc.yaml", repo / "dvc.yaml")
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_asr_settings(), sort_keys=False))
+    (repo / "data/domains").mkdir(parents=True)
+    shutil.copy(PROJECT / "data/domains/drops.csv", repo / "data/domains/drops.csv")
+    run(["git", "init", "-q"], repo)
+    run(["dvc", "init", "-q"], repo)
+    run(["dvc", "repro"], repo)
+    return repo
+
+
+def test_asr_track_repro_builds_evaluates_exports_and_gates(asr_repo):
+    metrics = json.loads((asr_repo / "reports/asr/metrics.json").read_text())
+    assert set(metrics["per_domain"]) == {"studio_us", "car_scottish"}
+    assert 0.0 <= metrics["wer"] and metrics["utterances"] > 0
+    exported = json.loads((asr_repo / "reports/asr/export.json").read_text())
+    assert {v["name"] for v in exported["variants"]} == {"pytorch", "onnx_fp32", "onnx_int8"}
+    assert all(v["rtf"] > 0 for v in exported["variants"])
+    gate = json.loads((asr_repo / "reports/asr/gate.json").read_text())
+    assert {c["name"] for c in gate["checks"]} == {"INT8 WER within FP32's", "INT8 real-time factor (1 thread)",
+                                                   "INT8 size"}  # no champion yet: absolute checks only
+    for out in ("models/asr/model.onnx", "models/asr/model.int8.onnx", "reports/asr/evaluation.png",
+                "data/features/asr/studio_us.pt", "data/synth/asr/studio_us/test"):
+        assert (asr_repo / out).exists(), out
+    assert "wer" in run(["dvc", "metrics", "show", "--json"], asr_repo).stdout
+    run_id = json.loads((asr_repo / "models/asr/run.json").read_text())["run_id"]
+    logged = mlflow.MlflowClient(tracking_uri=f"sqlite:///{asr_repo / 'mlflow.db'}").get_run(run_id)
+    assert logged.data.tags["track"] == "asr" and "test_wer.studio_us" in logged.data.metrics
+    assert "export.onnx_int8.wer" in logged.data.metrics
+
+
+def test_asr_second_repro_runs_nothing(asr_repo):
+    assert "Running stage" not in run(["dvc", "repro"], asr_repo).stdout
