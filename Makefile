@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench asr lint clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,12 @@ test: install
 bench: install
 	$(PY) benchmarks/featurize_drop.py
 	$(PY) benchmarks/speed.py
+
+# The speech-to-text track: `dvc repro` with track asr (params.yaml keeps `track: asr` afterwards; `dvc exp run
+# -S track=kws` goes back), then its streaming latency benchmark on the exported models.
+asr: install
+	dvc exp run -S track=asr
+	$(PY) benchmarks/asr_latency.py
 
 lint: install
 	ruff check .

@@ -21,7 +21,7 @@ class LogMel(torch.nn.Module):
         win = round(sample_rate * cfg.win_ms / 1000)
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=sample_rate,
-            n_fft=1 << (win - 1).bit_length(),
+            n_fft=1 << (win - 1).bit_length(),  # frame_count must follow any change here
             win_length=win,
             hop_length=round(sample_rate * cfg.hop_ms / 1000),
             f_min=cfg.f_min,
@@ -35,9 +35,9 @@ class LogMel(torch.nn.Module):
 
 
 def frame_count(cfg: Features, sample_rate: int, samples: int) -> int:
-    """Frames LogMel yields for a clip of `samples` samples (no centre padding)."""
-    win = round(sample_rate * cfg.win_ms / 1000)
-    return 1 + (samples - win) // round(sample_rate * cfg.hop_ms / 1000)
+    """Frames LogMel yields for a clip of `samples` samples (no centre padding: one per hop over n_fft samples)."""
+    n_fft = 1 << (round(sample_rate * cfg.win_ms / 1000) - 1).bit_length()
+    return 1 + (samples - n_fft) // round(sample_rate * cfg.hop_ms / 1000)
 
 
 @torch.no_grad()

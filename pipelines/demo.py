@@ -42,7 +42,7 @@ class StoryStep:
 
 def workspace_params(params: Params) -> Params:
     """The demo's params: only the baseline domains in the corpus; every other recipe arrives as a drop."""
-    settings = params.model_dump(mode="json")
+    settings = params.model_dump(mode="json") | {"track": "kws"}  # the story is told with keyword spotting
     recipes = settings["synthesis"]["domains"] | settings["synthesis"]["drop_domains"]
     baseline = params.demo.baseline_domains
     unknown = [d for d in [*baseline, params.demo.good_drop, params.demo.bad_drop] if d not in recipes]

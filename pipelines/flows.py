@@ -36,21 +36,23 @@ def _transient(_task: Any, _run: TaskRun, state: State) -> bool:
     return not isinstance(state.data, EarshotError)
 
 
-def _stage_task(fn: Any, retries: int = 0) -> Any:
+def _stage_task(fn: Any, retries: int = 0, name: str | None = None) -> Any:
     # Stages read and write files named in params.yaml, so their arguments are not the whole story: no caching.
-    return task(fn, name=fn.__name__, cache_policy=NO_CACHE, retries=retries, retry_delay_seconds=2,
+    return task(fn, name=name or fn.__name__, cache_policy=NO_CACHE, retries=retries, retry_delay_seconds=2,
                 retry_condition_fn=_transient)
 
 
+# featurize, training_key, train, evaluate and export run the stage of params.track; the gate differs per track.
 ingest = _stage_task(stages.ingest, retries=2)
-featurize = _stage_task(stages.featurize_stage)
-train = _stage_task(stages.train)
-evaluate = _stage_task(stages.evaluate)
-export = _stage_task(stages.export)
+featurize = _stage_task(stages.STAGES["featurize"])
+train = _stage_task(stages.STAGES["train"])
+evaluate = _stage_task(stages.STAGES["evaluate"])
+export = _stage_task(stages.STAGES["export"])
 gate = _stage_task(stages.gate)
+gate_transcriber = _stage_task(stages.STAGES["gate"], name="gate_transcriber")
 decide = _stage_task(stages.decide, retries=2)
 champion_version = _stage_task(stages.champion_version, retries=2)
-training_key = _stage_task(stages.training_key)
+training_key = _stage_task(stages.STAGES["training_key"])
 
 
 def _champion_score_key(_context: Any, arguments: dict[str, Any]) -> str:
@@ -79,6 +81,9 @@ def continuous_training(params_path: str = "params.yaml", drop: str | None = Non
     params = load_params(params_path)
     if (drop is None) != (domain is None):
         raise EarshotError("a drop needs its domain (and a domain its drop)")
+    if drop is not None and params.track != "kws":
+        raise EarshotError(f"{drop}: drops are ingested for the keyword track only so far (params track is "
+                           f"{params.track})")
     with exclusive(params.continuous.lock, "retraining"):
         if drop is not None:
             ingest(params, Path(drop), domain)
@@ -90,7 +95,8 @@ def continuous_training(params_path: str = "params.yaml", drop: str | None = Non
                   "nothing to train")
             return {"outcome": "skipped", "version": str(done.version), "training_key": key}
         current = champion_version(params)
-        champion = score_champion(params, current, key) if current else None
+        # The speech-to-text gate re-scores its champion itself; drift before training is a keyword-track signal.
+        champion = score_champion(params, current, key) if current and params.track == "kws" else None
         drift = champion.drift(domain) if champion else {}
         if champion:
             print(f"drift: champion v{champion.version} scores " + ", ".join(f"{k} {v:.2%}" for k, v in drift.items()))
@@ -100,7 +106,7 @@ def continuous_training(params_path: str = "params.yaml", drop: str | None = Non
             export(params)
         except ParityError as err:
             print(f"export: {err}; the gate will refuse this model")
-        report = gate(params, domain, champion)
+        report = gate_transcriber(params) if params.track == "asr" else gate(params, domain, champion)
         create_markdown_artifact(_flow_report(drift, domain, report.to_markdown()), key="gate-report",
                                  description=f"Gate report of run {run_id}")
         decision = decide(params, report, domain)

@@ -311,16 +311,14 @@ def decide(params: Params, report: GateReport, new_domain: str | None) -> Decisi
     client, name = registry_client(params.mlflow), params.mlflow.registered_model
     run_id = json.loads(run_file(params).read_text())["run_id"]
     run_tags = client.get_run(run_id).data.tags
-    int8 = int8_figures(params)
+    figures, summary = (_transcriber_figures if params.track == "asr" else _keyword_figures)(params)
     tags = {"gate": "passed" if report.passed else "refused", "training_key": run_tags["training_key"],
-            "dataset_version": run_tags["dataset_version"],
-            "ingested_data_version": run_tags["ingested_data_version"], "git_commit": git_commit(Path.cwd()),
-            "new_domain": new_domain or "", "int8_parity": str(int8["agreement_with_torch"]),
-            "int8_latency_ms": str(int8["latency_ms_p50"]), "int8_size_bytes": str(int8["size_bytes"])}
-    card = "\n".join([f"Keyword spotter trained in run `{run_id}` on data version `{tags['dataset_version']}` "
+            "track": params.track, "dataset_version": run_tags["dataset_version"],
+            "ingested_data_version": run_tags.get("ingested_data_version", "none"),
+            "git_commit": git_commit(Path.cwd()), "new_domain": new_domain or ""} | figures
+    card = "\n".join([f"{params.track} model trained in run `{run_id}` on data version `{tags['dataset_version']}` "
                       f"(ingested data `{tags['ingested_data_version']}`, git `{tags['git_commit']}`).", "",
-                      f"INT8 ONNX: {int8['size_bytes'] / 1024:.1f} KiB, {int8['latency_ms_p50']:.3f} ms p50 "
-                      f"(1 thread), accuracy {int8['accuracy']:.2%}.", "", report.to_markdown()])
+                      summary, "", report.to_markdown()])
     version = str(register_candidate(client, name, run_id, f"runs:/{run_id}/export", tags, card).version)
     if report.passed:
         promote(client, name, version, reason=f"gate passed (new domain: {new_domain or 'none'})")
@@ -328,6 +326,25 @@ def decide(params: Params, report: GateReport, new_domain: str | None) -> Decisi
     reject(client, name, version, [f"{c.name}: {c.observed} (needs {c.threshold})" for c in report.failures])
     alias = next(a for a in client.get_model_version(name, version).aliases if a.startswith("rejected-"))
     return Decision(version, False, alias)
+
+
+def _keyword_figures(params: Params) -> tuple[dict[str, str], str]:
+    """The INT8 figures a keyword model version is tagged with (the next gate reads them back), and a summary."""
+    int8 = int8_figures(params)
+    return ({"int8_parity": str(int8["agreement_with_torch"]), "int8_latency_ms": str(int8["latency_ms_p50"]),
+             "int8_size_bytes": str(int8["size_bytes"])},
+            f"INT8 ONNX: {int8['size_bytes'] / 1024:.1f} KiB, {int8['latency_ms_p50']:.3f} ms p50 (1 thread), "
+            f"accuracy {int8['accuracy']:.2%}.")
+
+
+def _transcriber_figures(params: Params) -> tuple[dict[str, str], str]:
+    """The same for a speech-to-text model: WER gap to FP32, real-time factor, size."""
+    exported = read_json(params.out.reports / "export.json")
+    int8 = next(row for row in exported["variants"] if row["name"] == "onnx_int8")
+    return ({"int8_wer_gap_points": str(exported["int8_wer_gap_points"]), "int8_rtf": str(int8["rtf"]),
+             "int8_size_bytes": str(int8["size_bytes"])},
+            f"INT8 ONNX: {int8['size_bytes'] / 1024:.1f} KiB, real-time factor {int8['rtf']:.3f} (1 thread), "
+            f"WER {int8['wer']:.2%} ({exported['int8_wer_gap_points']:+.2f} points vs FP32).")
 
 
 def ingest(params: Params, drop: Path, domain: str) -> IngestReport:
@@ -378,9 +395,10 @@ def for_track(name: str) -> Callable[[Params], object]:
             return getattr(asr_stages, name)(params)
         return KWS_STAGES[name](params)
 
+    run.__name__ = name  # what Prefect names the task after
     return run
 
 
 KWS_STAGES = {"synthesize": synthesize_corpus, "featurize": featurize_stage, "train": train, "evaluate": evaluate,
-              "export": export, "gate": gate_stage}
+              "export": export, "gate": gate_stage, "training_key": training_key}
 STAGES = {name: for_track(name) for name in KWS_STAGES}

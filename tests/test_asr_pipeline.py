@@ -63,3 +63,15 @@ def test_asr_track_repro_builds_evaluates_exports_and_gates(asr_repo):
 
 def test_asr_second_repro_runs_nothing(asr_repo):
     assert "Running stage" not in run(["dvc", "repro"], asr_repo).stdout
+
+
+def test_asr_track_goes_through_the_same_loop_registry_and_promotion(asr_repo, prefect_api):
+    env_run = ["env", f"PREFECT_API_URL={prefect_api}", "earshot", "retrain"]
+    first = run(env_run, asr_repo).stdout
+    assert "promoted: model version 1" in first
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{asr_repo / 'mlflow.db'}")
+    version = client.get_model_version_by_alias("earshot-asr", "champion")
+    assert version.tags["track"] == "asr" and version.tags["gate"] == "passed"
+    assert float(version.tags["int8_rtf"]) > 0 and "int8_wer_gap_points" in version.tags
+    assert "Gate PASSED" in version.description and "INT8 WER within FP32's" in version.description
+    assert "skipped: model version 1" in run(env_run, asr_repo).stdout  # same data and settings: nothing to train

@@ -25,8 +25,8 @@ def test_tokens_start_with_the_blank_then_separator_apostrophe_and_letters():
 
 
 def test_greedy_decoding_collapses_repeats_and_drops_blanks():
-    c, a, l, sep = (TOKENS.index(t) for t in "cal|")
-    path = [BLANK_ID, c, c, a, l, l, BLANK_ID, l, sep, sep, BLANK_ID, c, a, a, l, BLANK_ID]
+    c, a, el, sep = (TOKENS.index(t) for t in "cal|")
+    path = [BLANK_ID, c, c, a, el, el, BLANK_ID, el, sep, sep, BLANK_ID, c, a, a, el, BLANK_ID]
     assert greedy_decode(log_probs(path)) == "call cal"
     assert tokens_to_text([sep, c, sep]) == "c"  # separators at the ends are not words
 

@@ -2,10 +2,13 @@
 
 import json
 
+import pytest
 import soundfile as sf
+import torch
 
-from components.config import Params
+from components.config import Features, Params
 from components.dataset import KwsData
+from components.features import LogMel, frame_count
 from pipelines.stages import featurize_stage
 from tests.conftest import tiny_settings, tone, write_tree
 
@@ -41,3 +44,10 @@ def test_only_the_changed_domain_is_rebuilt_and_removed_domains_are_dropped(tmp_
 
     featurize_stage(params_for(tmp_path, {"a": a}))
     assert not (shards / "b.pt").exists() and list(json.loads((shards / "index.json").read_text())) == ["a"]
+
+
+@pytest.mark.parametrize(("win_ms", "hop_ms", "samples"),
+                         [(30.0, 20.0, 16000), (25.0, 10.0, 16000), (25.0, 10.0, 12345)])
+def test_frame_count_matches_the_front_end(win_ms, hop_ms, samples):
+    cfg = Features(win_ms=win_ms, hop_ms=hop_ms)
+    assert LogMel(cfg, 16000)(torch.zeros(1, samples)).shape[2] == frame_count(cfg, 16000, samples)
