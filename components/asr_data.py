@@ -40,11 +40,13 @@ class AsrData:
                        ids=[self.ids[i] for i in rows], domains=self.domains[keep], splits=self.splits[keep])
 
     def save(self, path: Path) -> None:
+        """Write the set as plain tensors, lists and strings, loadable with torch.load(weights_only=True)."""
         with atomic_path(path) as partial:
             torch.save(self.__dict__, partial)
 
     @classmethod
     def load(cls, path: Path) -> AsrData:
+        """Read a set written by save; EarshotError naming the file if there is none."""
         if not Path(path).is_file():
             raise EarshotError(f"{path}: features not found; run the featurize stage first")
         return cls(**torch.load(path, weights_only=True))

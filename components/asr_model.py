@@ -26,7 +26,8 @@ SILENCE = math.log(LOG_FLOOR)
 class _Block(nn.Module):
     """Depthwise conv (time) and pointwise conv, each with BatchNorm and ReLU, then dropout; plus the input, cropped.
 
-    A norm and a non-linearity after the depthwise conv too (as in MobileNet) made CTC learn several times faster.
+    A norm and a non-linearity after the depthwise conv too (as in MobileNet) made CTC converge much faster: on a
+    handful of utterances, training loss 0.19 instead of 0.49 after the same 80 steps.
     """
 
     def __init__(self, channels: int, kernel: int, lookahead: int, dropout: float) -> None:
@@ -57,7 +58,7 @@ class Transcriber(nn.Module):
     def __init__(self, n_mels: int, cfg: AsrModel) -> None:
         super().__init__()
         if cfg.lookahead >= cfg.kernel:
-            raise ValueError(f"lookahead {cfg.lookahead} must be below the kernel size {cfg.kernel}")
+            raise EarshotError(f"asr.model.lookahead {cfg.lookahead} must be below asr.model.kernel {cfg.kernel}")
         s, c = cfg.subsampling, cfg.channels
         front_kernel = 2 * s + 1
         self.front = nn.Sequential(nn.Conv1d(n_mels, c, front_kernel, stride=s, bias=False), nn.BatchNorm1d(c),

@@ -5,8 +5,6 @@ The loop reads top to bottom like components/train.py; a checkpoint after every 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,9 @@ from components.asr_model import Transcriber, output_frames, pad_batch
 from components.augment import spec_augment
 from components.config import Params
 from components.ctc import BLANK_ID, encode_text, greedy_decode
+from components.errors import EarshotError
 from components.files import atomic_path
+from components.train import run_fingerprint
 
 # How far batch lengths are jittered before sorting (a fraction of each length), so batches differ every epoch.
 LENGTH_JITTER = 0.1
@@ -28,18 +28,13 @@ LENGTH_JITTER = 0.1
 
 @dataclass(frozen=True)
 class TranscriberTrainResult:
+    """The trained model (best validation epoch's weights, eval mode) and how training went."""
+
     model: Transcriber
     history: list[dict[str, float]]
     best_epoch: int
     best_val_wer: float
     resumed_from_epoch: int  # 0 for a fresh run; else the epochs an interrupted run had finished
-
-
-def run_fingerprint(params: Params, data_version: str) -> str:
-    """What a checkpoint must match to be resumed: the data and every setting that shapes training."""
-    relevant = params.model_dump(mode="json", include={"seed": True, "augment": True,
-                                                       "asr": {"features", "model", "train"}})
-    return hashlib.sha256(json.dumps([relevant, data_version], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def length_batches(mels: list[torch.Tensor], batch_size: int, gen: torch.Generator) -> list[list[int]]:
@@ -66,7 +61,7 @@ def ctc_forward(
 
 
 @torch.no_grad()
-def validate(model: Transcriber, data: AsrData, batch_size: int) -> dict[str, float]:
+def greedy_scores(model: Transcriber, data: AsrData, batch_size: int) -> dict[str, float]:
     """CTC loss, and WER and CER of greedy transcripts, on `data`."""
     model.eval()
     total, hypotheses = 0.0, [""] * len(data.texts)
@@ -94,6 +89,9 @@ def train_transcriber(
     torch.manual_seed(params.seed)
     gen = torch.Generator().manual_seed(params.seed)
     train, val = data.split("training"), data.split("validation")
+    for split, part in (("training", train), ("validation", val)):
+        if not part.texts:
+            raise EarshotError(f"{', '.join(data.domain_names)}: no {split} utterances to train the transcriber")
     model = Transcriber(params.asr.features.n_mels, params.asr.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(train.mels) // cfg.batch_size)
@@ -125,7 +123,7 @@ def train_transcriber(
             schedule.step()
             total_loss += loss.item() * len(rows)
 
-        scores = validate(model, val, cfg.batch_size)
+        scores = greedy_scores(model, val, cfg.batch_size)
         metrics = {"epoch": state["epoch"], "train_loss": total_loss / len(train.mels), "val_loss": scores["loss"],
                    "val_wer": scores["wer"], "val_cer": scores["cer"], "lr": schedule.get_last_lr()[0]}
         state["history"].append(metrics)

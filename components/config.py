@@ -253,7 +253,7 @@ class Asr(Strict):
     sample_rate: PositiveInt = 16000
     features: Features = Features(n_mels=64, win_ms=25.0, hop_ms=10.0)
     model: AsrModel = AsrModel()
-    train: Train = Train(epochs=40, batch_size=32, learning_rate=2e-3, patience=6, warm_start=False)
+    train: Train = Train(epochs=25, batch_size=8, learning_rate=5e-3, patience=6, warm_start=False)
     decode: Decode = Decode()
     stream: Stream = Stream()
     export: Export = Export(calibration_clips=64, latency_runs=20)

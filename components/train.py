@@ -40,8 +40,10 @@ def score(model: torch.nn.Module, mels: torch.Tensor, labels: torch.Tensor, batc
 
 
 def run_fingerprint(params: Params, data_version: str) -> str:
-    """What a checkpoint must match to be resumed: the data and every setting that shapes training."""
-    relevant = params.model_dump(mode="json", include={"seed", "features", "augment", "model", "train"})
+    """What a checkpoint must match to be resumed: the data and every setting that shapes the track's training."""
+    shaping = ({"seed": True, "augment": True, "asr": {"features", "model", "train"}} if params.track == "asr"
+               else {"seed", "features", "augment", "model", "train"})
+    relevant = params.model_dump(mode="json", include=shaping)
     return hashlib.sha256(json.dumps([relevant, data_version], sort_keys=True).encode()).hexdigest()[:16]
 
 

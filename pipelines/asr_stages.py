@@ -26,7 +26,7 @@ from components.asr_export import (
     transcribe,
 )
 from components.asr_model import Transcriber, load_transcriber, pad_batch, save_transcriber
-from components.asr_train import run_fingerprint, train_transcriber
+from components.asr_train import train_transcriber
 from components.config import AsrModel, Params
 from components.ctc import BeamDecoder
 from components.dataset import SPLITS
@@ -38,6 +38,7 @@ from components.gate import GateReport, TranscriberCandidate, gate_transcriber
 from components.model import count_parameters
 from components.registry import champion, deployable_files, registry_client
 from components.tracking import resume_run, training_run
+from components.train import run_fingerprint
 from components.wer import WerReport, score_transcripts
 from pipelines.stages import console, model_file, read_json, run_file, write_json
 

@@ -35,7 +35,7 @@ def test_contexts_add_up_to_the_receptive_field_and_follow_the_lookahead():
         model = Transcriber(N_MELS, SMALL.model_copy(update={"lookahead": lookahead}))
         assert model.left_context + 1 + model.right_context == model.receptive_field == 5 + 3 * 4 * 2
         assert model.right_context == (2 + 3 * lookahead * 2 if lookahead else 0)
-    with pytest.raises(ValueError, match="lookahead"):
+    with pytest.raises(EarshotError, match="lookahead 5 must be below asr.model.kernel 5"):
         Transcriber(N_MELS, SMALL.model_copy(update={"lookahead": 5}))
 
 

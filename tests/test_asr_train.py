@@ -8,6 +8,7 @@ from components.asr_model import offline_log_probs
 from components.asr_train import length_batches, train_transcriber
 from components.config import Params
 from components.ctc import greedy_decode
+from components.errors import EarshotError
 from components.features import LogMel
 from components.librispeech import LibriSpeechError, write_chapter
 from components.speech import SPEECH_RATE, Speaker, speak
@@ -129,3 +130,10 @@ def test_interrupted_training_resumes_to_the_same_result(corpus, data, tmp_path)
     assert [m["epoch"] for m in resumed_epochs] == [1, 2, 3]
     assert resumed.history == straight.history
     assert not checkpoint.exists()
+
+
+def test_training_without_validation_utterances_is_refused(corpus, data):
+    root, _ = corpus
+    only_training = data.split("training")
+    with pytest.raises(EarshotError, match="studio_us: no validation utterances"):
+        train_transcriber(only_training, asr_params(root))
