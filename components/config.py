@@ -224,12 +224,12 @@ class Decode(Strict):
 class Stream(Strict):
     """Streaming inference: audio in chunks, a voice-activity detector in front."""
 
-    chunk_ms: Annotated[float, Field(gt=0.0)] = 160.0
+    chunk_ms: Annotated[float, Field(gt=0.0)] = 100.0
     vad: Literal["silero", "webrtc"] = "silero"
     # 0.5 lets babble 10-20 dB under the talker count as speech and merge neighbouring utterances; 0.7 does not.
     vad_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.7
     # Silence that ends an utterance; the floor under end-of-speech-to-final latency.
-    min_silence_ms: Annotated[float, Field(ge=0.0)] = 200.0
+    min_silence_ms: Annotated[float, Field(ge=0.0)] = 150.0
     speech_pad_ms: Annotated[float, Field(ge=0.0)] = 60.0
 
 
