@@ -17,7 +17,6 @@ from components.config import AsrModel
 from components.ctc import TOKENS
 from components.errors import EarshotError
 from components.features import LOG_FLOOR
-from components.files import atomic_path
 
 # The log-mel of digital silence: what the network sees before a clip starts and after it ends.
 SILENCE = math.log(LOG_FLOOR)
@@ -112,12 +111,6 @@ def batch_log_probs(model: Transcriber, mels: list[torch.Tensor], batch: int = 3
 def offline_log_probs(model: Transcriber, mels: torch.Tensor) -> torch.Tensor:
     """CTC log-probabilities (out_frames, vocab) of one whole clip (n_mels, frames), padded with silence both sides."""
     return batch_log_probs(model, [mels])[0]
-
-
-def save_transcriber(model: Transcriber, path: Path, card: dict[str, Any]) -> None:
-    """Weights plus the card needed to rebuild and feed the model (features, architecture, tokens, data version)."""
-    with atomic_path(path) as partial:
-        torch.save({"state_dict": model.state_dict(), "card": card}, partial)
 
 
 def load_transcriber(path: Path) -> tuple[Transcriber, dict[str, Any]]:

@@ -19,8 +19,7 @@ from components.augment import spec_augment
 from components.config import Params
 from components.ctc import BLANK_ID, encode_text, greedy_decode
 from components.errors import EarshotError
-from components.files import atomic_path
-from components.train import run_fingerprint
+from components.train import restore_checkpoint, run_fingerprint, save_checkpoint
 
 # How far batch lengths are jittered before sorting (a fraction of each length), so batches differ every epoch.
 LENGTH_JITTER = 0.1
@@ -100,15 +99,7 @@ def train_transcriber(
              "history": []}
 
     fingerprint = run_fingerprint(params, data.version)
-    if checkpoint and checkpoint.is_file():
-        saved = torch.load(checkpoint, weights_only=True)
-        if saved["fingerprint"] == fingerprint:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            schedule.load_state_dict(saved["schedule"])
-            gen.set_state(saved["generator"])
-            torch.set_rng_state(saved["torch_rng"])  # dropout draws from the global generator
-            state = saved["state"]
+    state = restore_checkpoint(checkpoint, fingerprint, model, optimizer, schedule, gen) or state
     resumed_from = state["epoch"]
 
     while state["epoch"] < cfg.epochs and state["epoch"] - state["best_epoch"] <= cfg.patience:
@@ -135,11 +126,7 @@ def train_transcriber(
         # Reported before the checkpoint: a kill in between repeats an epoch's log line, never loses one.
         on_epoch(metrics)
         if checkpoint:
-            saved = {"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "schedule": schedule.state_dict(), "generator": gen.get_state(),
-                     "torch_rng": torch.get_rng_state(), "state": state}
-            with atomic_path(checkpoint) as partial:
-                torch.save(saved, partial)
+            save_checkpoint(checkpoint, fingerprint, model, optimizer, schedule, gen, state)
 
     model.load_state_dict(state["best_weights"])
     model.eval()

@@ -47,8 +47,9 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_model(model: KeywordSpotter, path: Path, card: dict[str, Any]) -> None:
-    """Weights plus the card needed to rebuild and feed the model (labels, front end, architecture, data version)."""
+def save_model(model: nn.Module, path: Path, card: dict[str, Any]) -> None:
+    """Weights plus the card needed to rebuild and feed the model (labels or tokens, front end, architecture, data
+    version); load_model and load_transcriber read it back."""
     with atomic_path(path) as partial:
         torch.save({"state_dict": model.state_dict(), "card": card}, partial)
 

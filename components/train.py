@@ -47,6 +47,34 @@ def run_fingerprint(params: Params, data_version: str) -> str:
     return hashlib.sha256(json.dumps([relevant, data_version], sort_keys=True).encode()).hexdigest()[:16]
 
 
+def restore_checkpoint(checkpoint: Path | None, fingerprint: str, model: torch.nn.Module,
+                       optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler,
+                       gen: torch.Generator) -> dict | None:
+    """The loop state of an interrupted run with this fingerprint, its model, optimizer, schedule and generators
+    restored in place; None when there is nothing to resume."""
+    if not checkpoint or not checkpoint.is_file():
+        return None
+    saved = torch.load(checkpoint, weights_only=True)
+    if saved["fingerprint"] != fingerprint:
+        return None
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    schedule.load_state_dict(saved["schedule"])
+    gen.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])  # dropout draws from the global generator
+    return saved["state"]
+
+
+def save_checkpoint(checkpoint: Path, fingerprint: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    schedule: torch.optim.lr_scheduler.LRScheduler, gen: torch.Generator, state: dict) -> None:
+    """Everything restore_checkpoint needs to continue after the epoch just finished, written atomically."""
+    saved = {"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "schedule": schedule.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+             "state": state}
+    with atomic_path(checkpoint) as partial:
+        torch.save(saved, partial)
+
+
 def train_model(
     data: KwsData,
     params: Params,
@@ -74,15 +102,7 @@ def train_model(
     state = {"epoch": 0, "best_epoch": -1, "best_acc": -1.0, "best_weights": None, "history": []}
 
     fingerprint = run_fingerprint(params, data.version)
-    if checkpoint and checkpoint.is_file():
-        saved = torch.load(checkpoint, weights_only=False)
-        if saved["fingerprint"] == fingerprint:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            schedule.load_state_dict(saved["schedule"])
-            gen.set_state(saved["generator"])
-            torch.set_rng_state(saved["torch_rng"])  # dropout draws from the global generator
-            state = saved["state"]
+    state = restore_checkpoint(checkpoint, fingerprint, model, optimizer, schedule, gen) or state
     resumed_from = state["epoch"]
 
     while state["epoch"] < cfg.epochs and state["epoch"] - state["best_epoch"] <= cfg.patience:
@@ -112,11 +132,7 @@ def train_model(
         # Reported before the checkpoint: a kill in between repeats an epoch's log line, never loses one.
         on_epoch(metrics)
         if checkpoint:
-            saved = {"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "schedule": schedule.state_dict(), "generator": gen.get_state(),
-                     "torch_rng": torch.get_rng_state(), "state": state}
-            with atomic_path(checkpoint) as partial:
-                torch.save(saved, partial)
+            save_checkpoint(checkpoint, fingerprint, model, optimizer, schedule, gen, state)
 
     model.load_state_dict(state["best_weights"])
     model.eval()

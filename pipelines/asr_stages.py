@@ -25,7 +25,7 @@ from components.asr_export import (
     torch_log_probs,
     transcribe,
 )
-from components.asr_model import Transcriber, load_transcriber, pad_batch, save_transcriber
+from components.asr_model import Transcriber, load_transcriber, pad_batch
 from components.asr_train import train_transcriber
 from components.config import AsrModel, Params
 from components.ctc import BeamDecoder
@@ -35,7 +35,7 @@ from components.evaluate import plot_domain_wer
 from components.export import INT8_FILE
 from components.files import write_csv, write_text_atomically
 from components.gate import GateReport, TranscriberCandidate, gate_transcriber
-from components.model import count_parameters
+from components.model import count_parameters, save_model
 from components.registry import champion, deployable_files, registry_client
 from components.tracking import resume_run, training_run
 from components.train import run_fingerprint
@@ -117,7 +117,7 @@ def train(params: Params) -> str:
         card = {"features": params.asr.features.model_dump(), "model": params.asr.model.model_dump(),
                 "sample_rate": params.asr.sample_rate, "vocabulary": lexicon(data), "domain_names": data.domain_names,
                 "dataset_version": data.version, "run_id": run.info.run_id}
-        save_transcriber(result.model, model_file(params), card)
+        save_model(result.model, model_file(params), card)
         mlflow.log_artifact(str(model_file(params)), artifact_path="weights")
         summary = {"best_epoch": result.best_epoch, "best_val_wer": result.best_val_wer,
                    "epochs_run": len(result.history), "parameters": count_parameters(result.model)}

@@ -9,11 +9,11 @@ from components.asr_model import (
     offline_log_probs,
     output_frames,
     pad_batch,
-    save_transcriber,
 )
 from components.config import AsrModel
 from components.ctc import TOKENS
 from components.errors import EarshotError
+from components.model import save_model
 
 N_MELS = 16
 SMALL = AsrModel(channels=24, blocks=3, kernel=5, lookahead=1, subsampling=2, dropout=0.1)
@@ -93,7 +93,7 @@ def test_padding_is_the_log_mel_of_digital_silence_and_batches_do_not_leak():
 def test_saved_transcriber_rebuilds_with_its_card(tmp_path):
     model = trained_looking(SMALL)
     card = {"features": {"n_mels": N_MELS}, "model": SMALL.model_dump(), "tokens": TOKENS, "data_version": "abc"}
-    save_transcriber(model, tmp_path / "asr.pt", card)
+    save_model(model, tmp_path / "asr.pt", card)
     loaded, loaded_card = load_transcriber(tmp_path / "asr.pt")
     mels = torch.randn(N_MELS, 40)
     assert not loaded.training and loaded_card == card

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import mlflow
 import pytest
-import yaml
 
-from tests.conftest import PROJECT, tiny_settings
-from tests.test_pipeline import run
+from tests.conftest import tiny_settings
+from tests.test_pipeline import reproduced_repo, run
 
 
 def tiny_asr_settings() -> dict:
@@ -28,17 +26,7 @@ def tiny_asr_settings() -> dict:
 
 @pytest.fixture(scope="module")
 def asr_repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("asr-repo")
-    for package in ("components", "pipelines"):
-        shutil.copytree(PROJECT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(PROJECT / "dvc.yaml", repo / "dvc.yaml")
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_asr_settings(), sort_keys=False))
-    (repo / "data/domains").mkdir(parents=True)
-    shutil.copy(PROJECT / "data/domains/drops.csv", repo / "data/domains/drops.csv")
-    run(["git", "init", "-q"], repo)
-    run(["dvc", "init", "-q"], repo)
-    run(["dvc", "repro"], repo)
-    return repo
+    return reproduced_repo(tmp_path_factory.mktemp("asr-repo"), tiny_asr_settings())
 
 
 def test_asr_track_repro_builds_evaluates_exports_and_gates(asr_repo):

@@ -33,11 +33,15 @@ def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedP
 @pytest.fixture(scope="module")
 def dvc_repo(tmp_path_factory) -> Path:
     """A git + DVC repo holding the project's pipeline and components, with tiny params, after one `dvc repro`."""
-    repo = tmp_path_factory.mktemp("repo")
+    return reproduced_repo(tmp_path_factory.mktemp("repo"), tiny_settings(None))
+
+
+def reproduced_repo(repo: Path, settings: dict) -> Path:
+    """`repo` made a git + DVC repo of the project's pipeline and components with `settings`, after `dvc repro`."""
     for package in ("components", "pipelines"):
         shutil.copytree(PROJECT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(PROJECT / "dvc.yaml", repo / "dvc.yaml")
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_settings(None), sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     (repo / "data/domains").mkdir(parents=True)
     shutil.copy(PROJECT / "data/domains/drops.csv", repo / "data/domains/drops.csv")
     run(["git", "init", "-q"], repo)
