@@ -212,7 +212,7 @@ def main() -> None:
                         help=f"holds model.pt (context, card) and {FP32_FILE} / {INT8_FILE}")
     parser.add_argument("--checkpoint", type=Path, help="a saved Transcriber, raced in PyTorch instead")
     parser.add_argument("--params", type=Path, default=PROJECT / "params.yaml")
-    parser.add_argument("--streams", type=int, default=2, help="streams per domain")
+    parser.add_argument("--streams", type=int, default=4, help="streams per domain")
     parser.add_argument("--seconds", type=float, default=30.0, help="minimum length of each stream")
     parser.add_argument("--realtime", action="store_true", help="wait for each chunk instead of a virtual clock")
     parser.add_argument("--out", type=Path, default=PROJECT / "benchmarks" / "results.json")

@@ -230,7 +230,13 @@ class Stream(Strict):
     vad_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.7
     # Silence that ends an utterance; the floor under end-of-speech-to-final latency.
     min_silence_ms: Annotated[float, Field(ge=0.0)] = 150.0
-    speech_pad_ms: Annotated[float, Field(ge=0.0)] = 60.0
+    # Audio kept past the last speech frame: the model spells a word's last letters just after it ends.
+    speech_pad_ms: Annotated[float, Field(ge=0.0)] = 150.0
+    # Ends an utterance once the model has heard no letter for this long after its last one, though the VAD still
+    # hears sound: in babble the VAD's silence may be seconds away. 0 leaves ends to the VAD alone.
+    endpoint_blank_ms: Annotated[float, Field(ge=0.0)] = 250.0
+    # For that endpoint, letters heard this far below the utterance's loudest frame are other people talking.
+    foreground_db: Annotated[float, Field(gt=0.0)] = 20.0
 
 
 class AsrGate(Strict):

@@ -37,6 +37,11 @@ def tokens_to_text(ids: list[int]) -> str:
     return " ".join("".join(TOKENS[t] for t in collapsed).replace(SEPARATOR, " ").split())
 
 
+def spells(log_probs: torch.Tensor) -> torch.Tensor:
+    """Per frame of (frames, vocab) log-probabilities: is its most likely token one that spells (a letter or ')?"""
+    return log_probs.argmax(dim=-1) > _INDEX[SEPARATOR]
+
+
 def greedy_decode(log_probs: torch.Tensor) -> str:
     """Best path decoding of (frames, vocab) log-probabilities: the most likely token of every frame."""
     return tokens_to_text(log_probs.argmax(dim=-1).tolist())

@@ -7,6 +7,7 @@ offline pass over the utterance: streaming changes when a transcript is known, n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,10 +17,11 @@ import torch
 from components.asr_export import LogProbs
 from components.asr_model import SILENCE, Transcriber
 from components.config import Stream
-from components.ctc import greedy_decode
+from components.ctc import greedy_decode, spells
 from components.features import LogMel
 from components.vad import VoiceDetector
 
+_DB_PER_NEPER = 10.0 / math.log(10.0)  # a natural-log power ratio in decibels
 Decode = Callable[[torch.Tensor], str]  # (out_frames, vocab) log-probabilities -> transcript
 
 
@@ -62,15 +64,19 @@ def _silence(n_mels: int, frames: int) -> torch.Tensor:
 class _Utterance:
     """An open utterance: its first mel frame (in the stream), the input frames its next outputs need, its outputs.
 
-    Its input is the utterance's frames with `context.left` silence frames before them, as offline decoding pads.
+    Its input is the utterance's frames with `context.left` frames before them: silence, as offline decoding pads,
+    or the audio before a cut, which the utterance continues.
     """
 
-    def __init__(self, first_frame: int, acoustic: LogProbs, context: Context, n_mels: int) -> None:
+    def __init__(self, first_frame: int, acoustic: LogProbs, context: Context, before: torch.Tensor,
+                 loudest_db: float = -math.inf) -> None:
         self.first = first_frame
+        self.loudest_db = loudest_db  # the loudest frame heard so far, in it or in the utterance it continues
         self.acoustic, self.context = acoustic, context
-        self.pending = _silence(n_mels, context.left)  # starts at input frame len(outputs) * subsampling
+        self.pending = before  # starts at input frame len(outputs) * subsampling
         self.taken = 0  # utterance frames received
         self.outputs: list[torch.Tensor] = []
+        self.levels: list[torch.Tensor] = []  # dB of the input frame at the centre of each output frame
 
     def extend(self, frames: torch.Tensor) -> bool:
         """Run the model on every output frame the received input now covers; True if there were any."""
@@ -81,15 +87,36 @@ class _Utterance:
         if ready <= 0:
             return False
         self.outputs.append(self.acoustic(self.pending[None, :, : (ready - 1) * s + field]))
+        centres = self.pending[:, self.context.left : self.context.left + ready * s : s]
+        self.levels.append(_DB_PER_NEPER * torch.logsumexp(centres, dim=0))
+        self.loudest_db = max(self.loudest_db, float(self.levels[-1].max()))
         self.pending = self.pending[:, ready * s :]
         return True
 
     def log_probs(self) -> torch.Tensor:
         return torch.cat(self.outputs)
 
+    def foreground(self, foreground_db: float) -> torch.Tensor:
+        """Per output frame: is its centre within `foreground_db` of the loudest frame heard? Letters on quieter
+        frames are other people talking."""
+        return torch.cat(self.levels) >= self.loudest_db - foreground_db
+
+    def cut_point(self, foreground_db: float, quiet: int) -> int | None:
+        """Output frames to keep: up to the first foreground letter followed by `quiet` output frames without one,
+        plus those frames; None if there is no such letter."""
+        heard = (spells(self.log_probs()) & self.foreground(foreground_db)).nonzero().flatten()
+        followed = torch.diff(heard, append=torch.tensor([len(self.log_probs())])) > quiet
+        first = followed.nonzero().flatten()
+        return None if first.numel() == 0 else int(heard[first[0]]) + 1 + quiet
+
+    def truncate(self, outputs: int) -> None:
+        """Keep only the first `outputs` output frames: the utterance was cut there."""
+        self.outputs, self.levels = [self.log_probs()[:outputs]], [torch.cat(self.levels)[:outputs]]
+
 
 class StreamingTranscriber:
-    """Audio in, transcripts out: partials (greedy) as speech arrives, one final (`decode`) when the VAD ends it.
+    """Audio in, transcripts out: partials (greedy) as speech arrives, a final (`decode`) when the VAD ends it or
+    the model has heard no letter for `endpoint_blank_ms` (the audio after such a cut opens the next utterance).
 
     `acoustic` maps padded log-mels (1, n_mels, frames) to log-probabilities (out_frames, vocab), e.g.
     components.asr_export.onnx_log_probs(path) or torch_log_probs(model); `context` is that model's.
@@ -102,6 +129,8 @@ class StreamingTranscriber:
         self.vad = VoiceDetector(cfg, sample_rate)
         self.hop, self.span = front_end.mel.hop_length, front_end.mel.n_fft  # a frame reads `span` samples
         self.n_mels = front_end.mel.n_mels
+        self.endpoint = math.ceil(cfg.endpoint_blank_ms / 1000 * sample_rate / (self.hop * context.subsampling))
+        self.foreground_db = cfg.foreground_db
         self.audio = np.zeros(0, np.float32)  # samples not yet fully used by a frame
         self.audio_start = 0  # stream position of audio[0]
         self.mels = _silence(self.n_mels, 0)  # frames an utterance may still need
@@ -117,10 +146,11 @@ class StreamingTranscriber:
         events = []
         for change in self.vad.push(samples):
             if change.kind == "start":
-                self.utterance = _Utterance(change.sample // self.hop, self.acoustic, self.context, self.n_mels)
+                self.utterance = _Utterance(change.sample // self.hop, self.acoustic, self.context,
+                                            _silence(self.n_mels, self.context.left))
                 self.partial = ""
             else:
-                events.append(self._finish(change.sample))
+                events += self._finish(change.sample)
         if self.utterance is not None:
             events += self._advance()
         self._forget()
@@ -128,7 +158,7 @@ class StreamingTranscriber:
 
     def flush(self) -> list[TranscriptEvent]:
         """End of stream: the final transcript of an utterance still open, if any."""
-        return [self._finish(change.sample) for change in self.vad.flush()]
+        return [event for change in self.vad.flush() for event in self._finish(change.sample)]
 
     def _frames_before(self, sample: int) -> int:
         """Stream frames that end at or before `sample`."""
@@ -152,11 +182,15 @@ class StreamingTranscriber:
         return self.mels[:, start : max(until - self.mel_start, start)]
 
     def _advance(self) -> list[TranscriptEvent]:
-        """Feed the open utterance the frames the VAD has settled as inside it; a partial if its text grew."""
+        """Feed the open utterance the frames the VAD has settled as inside it; a partial if its text grew, a final
+        if the model has heard no letter for the endpoint's time since its last one."""
         utterance = self.utterance
         settled = min(self._frames_before(self.vad.horizon()), self.mel_start + self.mels.shape[1])
         if not utterance.extend(self._take(utterance, settled)):
             return []
+        cut = utterance.cut_point(self.foreground_db, self.endpoint) if self.endpoint else None
+        if cut is not None:
+            return self._cut(cut)
         text = greedy_decode(utterance.log_probs())
         if text == self.partial:
             return []
@@ -164,18 +198,41 @@ class StreamingTranscriber:
         end = (utterance.first + utterance.taken - 1) * self.hop + self.span
         return [TranscriptEvent(False, text, utterance.first * self.hop / self.rate, end / self.rate)]
 
-    def _finish(self, end: int) -> TranscriptEvent:
+    def _cut(self, outputs: int) -> list[TranscriptEvent]:
+        """Final the open utterance after its first `outputs` output frames; the VAD still hears sound, so the
+        frames after them open a new utterance, which the VAD's end (or another cut) will close."""
+        utterance = self.utterance
+        utterance.truncate(outputs)
+        cut = utterance.first + outputs * self.context.subsampling
+        before = self.mels[:, max(cut - self.context.left - self.mel_start, 0) : cut - self.mel_start]
+        before = torch.cat([_silence(self.n_mels, self.context.left - before.shape[1]), before], dim=1)
+        self.utterance = _Utterance(cut, self.acoustic, self.context, before, utterance.loudest_db)
+        self.partial = ""
+        return self._final(utterance, cut * self.hop) + self._advance()
+
+    def _finish(self, end: int) -> list[TranscriptEvent]:
         """The final transcript of the open utterance, which ends at stream sample `end`."""
         utterance, self.utterance = self.utterance, None
         frames = self._take(utterance, self._frames_before(end))
         utterance.extend(torch.cat([frames, _silence(self.n_mels, self.context.right)], dim=1))
+        return self._final(utterance, end)
+
+    def _final(self, utterance: _Utterance, end: int) -> list[TranscriptEvent]:
+        """An ended utterance's final transcript; none if the model heard no words in it (noise after a cut)."""
+        if not utterance.outputs:
+            return []
         log_probs = utterance.log_probs()
-        return TranscriptEvent(True, self.decode(log_probs), utterance.first * self.hop / self.rate, end / self.rate,
-                               log_probs)
+        if not (spells(log_probs) & utterance.foreground(self.foreground_db)).any():
+            return []
+        text = self.decode(log_probs)
+        if not text:
+            return []
+        return [TranscriptEvent(True, text, utterance.first * self.hop / self.rate, end / self.rate, log_probs)]
 
     def _forget(self) -> None:
-        """Drop frames no utterance can need: those before the open one's next frame, or before the VAD's horizon."""
-        keep = self.utterance.first + self.utterance.taken if self.utterance else self.vad.horizon() // self.hop
+        """Drop frames no utterance can need: those before the open one (a cut may open the next one inside it),
+        or before the VAD's horizon."""
+        keep = self.utterance.first - self.context.left if self.utterance else self.vad.horizon() // self.hop
         drop = min(max(keep - self.mel_start, 0), self.mels.shape[1])
         self.mels, self.mel_start = self.mels[:, drop:], self.mel_start + drop
 
