@@ -103,6 +103,15 @@ class Model(Strict):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
 
 
+class Distill(Strict):
+    """Knowledge distillation: a larger teacher, trained first on the same data, whose softened outputs the deployed
+    model learns from besides the labels; the smallest model that keeps accuracy is the fastest one."""
+
+    teacher: Model | None = None  # None: no teacher, the model learns from the labels alone
+    weight: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5  # share of the teacher's soft targets in the loss
+    temperature: Annotated[float, Field(gt=0.0)] = 4.0
+
+
 class Train(Strict):
     epochs: PositiveInt = 20
     batch_size: PositiveInt = 128
@@ -113,6 +122,7 @@ class Train(Strict):
     # Retraining starts from the champion's weights when its architecture and labels match: it keeps what the
     # champion knows about old domains while it learns the new one.
     warm_start: bool = True
+    distill: Distill = Distill()
 
 
 class Export(Strict):

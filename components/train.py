@@ -75,16 +75,31 @@ def save_checkpoint(checkpoint: Path, fingerprint: str, model: torch.nn.Module, 
         torch.save(saved, partial)
 
 
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL divergence from the teacher's softened class distribution to the student's, scaled by T^2 so its
+    gradients keep the size of the label loss's (Hinton et al., 2015)."""
+    return F.kl_div(F.log_softmax(student / temperature, dim=1), F.log_softmax(teacher / temperature, dim=1),
+                    log_target=True, reduction="batchmean") * temperature**2
+
+
+def teacher_params(params: Params) -> Params:
+    """The settings a distillation teacher trains with: the configured teacher architecture, no teacher of its own."""
+    train = params.train.model_copy(update={"distill": params.train.distill.model_copy(update={"teacher": None})})
+    return params.model_copy(update={"model": params.train.distill.teacher, "train": train})
+
+
 def train_model(
     data: KwsData,
     params: Params,
     checkpoint: Path | None = None,
     on_epoch: Callable[[dict[str, float]], None] = lambda metrics: None,
     initial_weights: dict[str, torch.Tensor] | None = None,
+    teacher: KeywordSpotter | None = None,
 ) -> TrainResult:
     """Train a KeywordSpotter on the training split, keeping the weights of the best validation epoch.
 
     `initial_weights` (a state_dict of the same architecture) warm-starts it; a checkpoint still wins when resuming.
+    With a `teacher`, the loss mixes in distillation_loss by `train.distill.weight`.
     """
     cfg, sample_rate = params.train, params.dataset.sample_rate
     torch.set_num_threads(cfg.threads)
@@ -113,6 +128,12 @@ def train_model(
                                 params.augment, gen)
             logits = model(mels)
             loss = F.cross_entropy(logits, train.labels[idx])
+            if teacher is not None:
+                with torch.no_grad():
+                    soft = teacher(mels)
+                distill = cfg.distill
+                loss = (1 - distill.weight) * loss + distill.weight * distillation_loss(logits, soft,
+                                                                                         distill.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

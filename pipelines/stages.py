@@ -10,6 +10,7 @@ import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import mlflow
@@ -28,7 +29,7 @@ from components.features import LogMel
 from components.files import write_csv, write_text_atomically
 from components.gate import Candidate, GateReport, gate_challenger, pick_golden, scored_candidate
 from components.ingest import LEDGER, DropError, IngestReport, ingest_drop, ingested_domains, ledger_rows
-from components.model import count_parameters, load_model, save_model
+from components.model import KeywordSpotter, count_parameters, load_model, save_model
 from components.registry import (
     CHAMPION,
     champion,
@@ -39,7 +40,7 @@ from components.registry import (
     reject,
 )
 from components.tracking import resume_run, training_run, use_store
-from components.train import run_fingerprint, train_model
+from components.train import run_fingerprint, teacher_params, train_model
 from components.versioning import commit_data_version, git_commit
 
 console = Console()
@@ -138,7 +139,9 @@ def train(params: Params) -> str:
     with training_run(params, run_file(params), tags=tags, resume=checkpoint.is_file()) as run:
         weights, origin = champion_weights(params, data.label_names)
         mlflow.set_tag("warm_start", origin)
-        result = train_model(data, params, checkpoint=checkpoint, on_epoch=_report_epoch, initial_weights=weights)
+        teacher = _train_teacher(data, params)
+        result = train_model(data, params, checkpoint=checkpoint, on_epoch=_report_epoch, initial_weights=weights,
+                             teacher=teacher)
         card = {"label_names": data.label_names, "domain_names": data.domain_names,
                 "features": params.features.model_dump(), "model": params.model.model_dump(),
                 "sample_rate": params.dataset.sample_rate, "clip_samples": params.dataset.clip_samples,
@@ -180,9 +183,21 @@ def champion_weights(params: Params, label_names: list[str]) -> tuple[dict[str, 
     return model.state_dict(), f"champion v{current.version}"
 
 
-def _report_epoch(metrics: dict[str, float]) -> None:
-    mlflow.log_metrics(metrics, step=int(metrics["epoch"]))
-    console.print(f"epoch {int(metrics['epoch']):>3}  loss {metrics['train_loss']:.3f}  "
+def _train_teacher(data: KwsData, params: Params) -> KeywordSpotter | None:
+    """The distillation teacher of `train.distill`, trained first on the same data (its curves logged as
+    `teacher.*`); None when distillation is off."""
+    if params.train.distill.teacher is None:
+        return None
+    console.print(f"training the distillation teacher {params.train.distill.teacher.model_dump()}")
+    result = train_model(data, teacher_params(params), on_epoch=partial(_report_epoch, prefix="teacher."))
+    mlflow.log_metrics({"teacher.best_val_accuracy": result.best_val_accuracy,
+                        "teacher.parameters": count_parameters(result.model)})
+    return result.model
+
+
+def _report_epoch(metrics: dict[str, float], prefix: str = "") -> None:
+    mlflow.log_metrics({prefix + k: v for k, v in metrics.items()}, step=int(metrics["epoch"]))
+    console.print(f"{prefix}epoch {int(metrics['epoch']):>3}  loss {metrics['train_loss']:.3f}  "
                   f"train {metrics['train_accuracy']:.1%}  val {metrics['val_accuracy']:.1%}", highlight=False)
 
 

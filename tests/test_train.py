@@ -1,12 +1,14 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
-from components.config import Dataset, Params
-from components.dataset import build_dataset
+from components.config import Dataset, Model, Params
+from components.dataset import SPLITS, build_dataset
 from components.evaluate import evaluate_predictions, predict
 from components.features import LogMel, featurize, frame_count
 from components.model import KeywordSpotter, count_parameters, load_model, save_model
-from components.train import train_model
+from components.train import distillation_loss, teacher_params, train_model
 from tests.conftest import tiny_settings, write_tree
 
 WORDS = {"yes": 300.0, "no": 600.0, "up": 1200.0, "bed": 2400.0}
@@ -79,3 +81,37 @@ def test_saved_model_rebuilds_with_its_card(tone_task, tmp_path):
     mels = data.mels[:4]
     assert torch.allclose(loaded(mels), model(mels)) and loaded_card == card
     assert Dataset  # the card's labels follow the Dataset protocol order
+
+
+def test_distillation_loss_is_zero_only_when_the_student_matches_the_teacher():
+    teacher = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]])
+    assert distillation_loss(teacher, teacher, 4.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(teacher.flip(1), teacher, 4.0).item() > 0.1
+
+
+def test_a_distilled_student_learns_from_its_teacher_not_the_labels(tone_task):
+    params, data = tone_task
+    teacher = train_model(data, params).model
+    # Training labels drawn at random: what a student learns of the task it can only have learnt from the teacher.
+    training = data.splits == SPLITS.index("training")
+    noise = torch.randint(len(data.label_names), (int(training.sum()),), generator=torch.Generator().manual_seed(0))
+    scrambled = replace(data, labels=data.labels.masked_scatter(training, noise))
+
+    def with_weight(weight: float) -> Params:
+        distill = params.train.distill.model_copy(update={"weight": weight})
+        return params.model_copy(update={"train": params.train.model_copy(update={"distill": distill})})
+
+    test = data.split("testing")
+    taught = predict(train_model(scrambled, with_weight(1.0), teacher=teacher).model, test.mels)
+    untaught = predict(train_model(scrambled, with_weight(0.0), teacher=teacher).model, test.mels)
+    taught_accuracy, untaught_accuracy = ((p == test.labels).float().mean() for p in (taught, untaught))
+    assert taught_accuracy > 0.7 and untaught_accuracy < taught_accuracy - 0.3  # chance is 1/5
+
+
+def test_teacher_params_swap_in_the_teacher_architecture(tone_task):
+    params, _ = tone_task
+    distill = params.train.distill.model_copy(update={"teacher": Model(channels=8, blocks=1)})
+    with_teacher = params.model_copy(update={"train": params.train.model_copy(update={"distill": distill})})
+    taught = teacher_params(with_teacher)
+    assert taught.model == Model(channels=8, blocks=1) and taught.train.distill.teacher is None
+    assert taught.train.epochs == params.train.epochs and taught.features == params.features
