@@ -21,11 +21,14 @@ from rich.console import Console
 from rich.table import Table
 from threadpoolctl import threadpool_limits
 
+from components.config import Model, Params
 from components.corpus import synthesize_corpus
 from components.dataset import KwsData
+from components.evaluate import predict
 from components.export import ExportReport, ParityError, export_models
 from components.features import LOG_FLOOR, LogMel, featurize
-from components.train import train_model
+from components.model import count_parameters
+from components.train import TrainResult, teacher_params, train_model
 from pipelines.stages import featurize_stage
 
 TARGET_VAL_ACCURACY = 0.95
@@ -103,6 +106,33 @@ def bench_featurizer(waves: torch.Tensor, front_end: LogMel, repeats: int) -> tu
     return figures, Figure("LogMel / librosa throughput", theirs_s / ours_s, 5.0, at_least=True)
 
 
+def bench_distillation(data: KwsData, params: Params, student: TrainResult, teacher_model: Model
+                       ) -> tuple[dict, list[Figure]]:
+    """Train a teacher, then the params.yaml model on its soft outputs; compare both with `student`, the same
+    model trained on labels alone, by size and test accuracy."""
+    distill = params.train.distill.model_copy(update={"teacher": teacher_model})
+    taught = params.model_copy(update={"train": params.train.model_copy(update={"distill": distill})})
+    teacher = train_model(data, teacher_params(taught))
+    distilled = train_model(data, taught, teacher=teacher.model)
+    test = data.split("testing")
+    models = {}
+    for name, model, best_val in (("teacher", teacher.model, teacher.best_val_accuracy),
+                                  ("student, distilled", distilled.model, distilled.best_val_accuracy),
+                                  ("student, labels only", student.model, student.best_val_accuracy)):
+        models[name] = {"parameters": count_parameters(model), "best_val_accuracy": best_val,
+                        "test_accuracy": float((predict(model, test.mels) == test.labels).float().mean())}
+    figures = [
+        Figure("student / teacher parameters", models["student, distilled"]["parameters"]
+               / models["teacher"]["parameters"], 0.25),
+        Figure("distilled student - teacher test accuracy, points", 100 * (
+            models["student, distilled"]["test_accuracy"] - models["teacher"]["test_accuracy"]), 1.0, signed=True),
+        Figure("distilled - labels-only student test accuracy, points", 100 * (
+            models["student, distilled"]["test_accuracy"] - models["student, labels only"]["test_accuracy"]),
+            signed=True),
+    ]
+    return {"teacher": teacher_model.model_dump(), "models": models, "figures": [f.to_dict() for f in figures]}, figures
+
+
 def inference_ratios(report: ExportReport) -> list[Figure]:
     """INT8 against eager and ONNX FP32 in latency, size and accuracy (in points), with issue 6's targets."""
     eager, fp32, int8 = (report.variant(name) for name in ("pytorch", "onnx_fp32", "onnx_int8"))
@@ -121,6 +151,8 @@ def main() -> None:
     parser.add_argument("--speakers", type=int, default=32, help="synthesis.speakers_per_domain of the corpus")
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads of the featurizer race")
     parser.add_argument("--repeats", type=int, default=3, help="featurizer runs per side; the median is reported")
+    parser.add_argument("--teacher-channels", type=int, default=112, help="distillation teacher's channels")
+    parser.add_argument("--teacher-blocks", type=int, default=6, help="distillation teacher's blocks")
     parser.add_argument("--out", type=Path, default=PROJECT / "benchmarks" / "results.json")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -165,6 +197,18 @@ def main() -> None:
               str(reached) if reached else f"not reached in {fit['epochs_run']}"),
              ("best validation accuracy", f"{result.best_val_accuracy:.2%}")]))
 
+        distilled, distill_figures = bench_distillation(
+            data, params, result, Model(channels=args.teacher_channels, blocks=args.teacher_blocks))
+        console.print(table(
+            f"knowledge distillation: teacher {args.teacher_channels}x{args.teacher_blocks} trained first, the "
+            f"params.yaml model trained again on its soft outputs (weight {params.train.distill.weight:g}, "
+            f"T {params.train.distill.temperature:g}); test accuracy on {len(test.labels)} clips",
+            ("model", "parameters", "test accuracy", "best validation accuracy"),
+            [(name, f"{m['parameters']:,}", f"{m['test_accuracy']:.2%}", f"{m['best_val_accuracy']:.2%}")
+             for name, m in distilled["models"].items()]))
+        console.print(table("distillation against issue 6's targets (same run)",
+                            ("ratio", "value", "target", "verdict"), [f.row() for f in distill_figures]))
+
         # The export stage's calibration set: a seeded draw of training clips.
         picks = torch.randperm(len(train.mels), generator=torch.Generator().manual_seed(params.seed))
         parity_failure = ""
@@ -195,7 +239,8 @@ def main() -> None:
     wall = time.perf_counter() - started
     console.print(f"speed benchmark wall time: {wall:.0f} s ({args.speakers} speakers per domain)")
     save_results(args.out, "speed", {"speakers_per_domain": args.speakers, "featurizer": feat, "training": fit,
-                                     "inference": infer, "wall_s": wall})
+                                     "inference": infer, "distillation": distilled,
+                                     "wall_s": wall})
 
 
 if __name__ == "__main__":
