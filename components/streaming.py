@@ -116,7 +116,8 @@ class _Utterance:
 
 class StreamingTranscriber:
     """Audio in, transcripts out: partials (greedy) as speech arrives, a final (`decode`) when the VAD ends it or
-    the model has heard no letter for `endpoint_blank_ms` (the audio after such a cut opens the next utterance).
+    the model has spelled no letter on foreground audio for `endpoint_blank_ms` (the audio after such a cut opens
+    the next utterance).
 
     `acoustic` maps padded log-mels (1, n_mels, frames) to log-probabilities (out_frames, vocab), e.g.
     components.asr_export.onnx_log_probs(path) or torch_log_probs(model); `context` is that model's.
@@ -183,7 +184,7 @@ class StreamingTranscriber:
 
     def _advance(self) -> list[TranscriptEvent]:
         """Feed the open utterance the frames the VAD has settled as inside it; a partial if its text grew, a final
-        if the model has heard no letter for the endpoint's time since its last one."""
+        (and a new utterance) if it has a cut point."""
         utterance = self.utterance
         settled = min(self._frames_before(self.vad.horizon()), self.mel_start + self.mels.shape[1])
         if not utterance.extend(self._take(utterance, settled)):
