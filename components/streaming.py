@@ -104,8 +104,9 @@ class _Utterance:
     def cut_point(self, foreground_db: float, quiet: int) -> int | None:
         """Output frames to keep: up to the first foreground letter followed by `quiet` output frames without one,
         plus those frames; None if there is no such letter."""
-        heard = (spells(self.log_probs()) & self.foreground(foreground_db)).nonzero().flatten()
-        followed = torch.diff(heard, append=torch.tensor([len(self.log_probs())])) > quiet
+        log_probs = self.log_probs()
+        heard = (spells(log_probs) & self.foreground(foreground_db)).nonzero().flatten()
+        followed = torch.diff(heard, append=torch.tensor([len(log_probs)])) > quiet
         first = followed.nonzero().flatten()
         return None if first.numel() == 0 else int(heard[first[0]]) + 1 + quiet
 
