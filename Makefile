@@ -23,6 +23,7 @@ test: install
 bench: install
 	$(PY) benchmarks/featurize_drop.py
 	$(PY) benchmarks/speed.py
+	$(PY) benchmarks/demo_story.py
 
 # The speech-to-text track: `dvc repro` with track asr (params.yaml keeps `track: asr` afterwards; `dvc exp run
 # -S track=kws` goes back), then its streaming latency benchmark on the exported models.

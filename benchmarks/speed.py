@@ -91,7 +91,8 @@ def table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> 
     return out
 
 
-def bench_featurizer(waves: torch.Tensor, front_end: LogMel, repeats: int) -> tuple[dict[str, float], Figure]:
+def bench_featurizer(waves: torch.Tensor, front_end: LogMel, repeats: int, threads: int
+                     ) -> tuple[dict[str, float], Figure]:
     """Clips per second of the pipeline's featurizer and of librosa on the same clips, plus how far apart they are.
 
     Each gets one warm-up call first, so one-off costs (librosa's filter bank cache, torch's first-call setup) fall out.
@@ -103,7 +104,7 @@ def bench_featurizer(waves: torch.Tensor, front_end: LogMel, repeats: int) -> tu
     theirs_s = median_seconds(theirs, lambda: None, repeats)
     figures = {"clips": len(waves), "ours_clips_per_s": len(waves) / ours_s,
                "librosa_clips_per_s": len(waves) / theirs_s, "max_abs_log_mel_difference": difference}
-    return figures, Figure("LogMel / librosa throughput", theirs_s / ours_s, 5.0, at_least=True)
+    return figures, Figure(f"LogMel / librosa throughput, {threads} thread(s)", theirs_s / ours_s, 5.0, at_least=True)
 
 
 def bench_distillation(data: KwsData, params: Params, student: TrainResult, teacher_model: Model
@@ -149,10 +150,9 @@ def inference_ratios(report: ExportReport) -> list[Figure]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speakers", type=int, default=32, help="synthesis.speakers_per_domain of the corpus")
-    parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads of the featurizer race")
     parser.add_argument("--repeats", type=int, default=3, help="featurizer runs per side; the median is reported")
-    parser.add_argument("--teacher-channels", type=int, default=112, help="distillation teacher's channels")
-    parser.add_argument("--teacher-blocks", type=int, default=6, help="distillation teacher's blocks")
+    parser.add_argument("--teacher-channels", type=int, default=192, help="distillation teacher's channels")
+    parser.add_argument("--teacher-blocks", type=int, default=4, help="distillation teacher's blocks")
     parser.add_argument("--out", type=Path, default=PROJECT / "benchmarks" / "results.json")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -166,17 +166,23 @@ def main() -> None:
         train, test = data.split("training"), data.split("testing")
 
         front_end = LogMel(params.features, params.dataset.sample_rate)
-        torch.set_num_threads(args.threads)
-        with threadpool_limits(args.threads):
-            feat, speedup = bench_featurizer(data.float_waves(), front_end, args.repeats)
-        feat |= {"threads": args.threads, "ratio": speedup.to_dict()}
+        feat, speedups = {}, []
+        # One thread each, then the pipeline's thread budget (train.threads) for both sides.
+        for threads in sorted({1, params.train.threads}):
+            torch.set_num_threads(threads)
+            with threadpool_limits(threads):
+                figures, speedup = bench_featurizer(data.float_waves(), front_end, args.repeats, threads)
+            feat[f"{threads}_threads"] = figures | {"ratio": speedup.to_dict()}
+            speedups.append((threads, figures, speedup))
         console.print(table(
-            f"feature extraction: {feat['clips']} clips of {params.dataset.clip_seconds:g} s, {args.threads} "
-            f"thread(s), one process, median of {args.repeats}",
-            ("front end", "clips/s", "ratio to librosa", "target", "verdict"),
-            [("LogMel (torchaudio)", f"{feat['ours_clips_per_s']:.0f}", *speedup.row()[1:]),
-             ("librosa melspectrogram + log", f"{feat['librosa_clips_per_s']:.0f}", "1.00", "", "")]))
-        console.print(f"same settings check: largest |log-mel difference| {feat['max_abs_log_mel_difference']:.2e}")
+            f"feature extraction: {len(data.labels)} clips of {params.dataset.clip_seconds:g} s, one process, "
+            f"median of {args.repeats}", ("front end", "threads", "clips/s", "ratio to librosa", "target", "verdict"),
+            [row for threads, figures, speedup in speedups for row in (
+                ("LogMel", str(threads), f"{figures['ours_clips_per_s']:.0f}", *speedup.row()[1:]),
+                ("librosa", str(threads), f"{figures['librosa_clips_per_s']:.0f}", "1.00", "",
+                 ""))]))
+        console.print(f"same settings check: largest |log-mel difference| "
+                      f"{max(f['max_abs_log_mel_difference'] for f in feat.values()):.2e}")
 
         stamps = [time.perf_counter()]
         result = train_model(data, params, on_epoch=lambda metrics: stamps.append(time.perf_counter()))

@@ -98,8 +98,9 @@ class Augment(Strict):
 
 
 class Model(Strict):
-    channels: PositiveInt = 64
-    blocks: PositiveInt = 4
+    channels: PositiveInt = 96
+    blocks: PositiveInt = 3
+    kernel: PositiveInt = 9  # frames each temporal convolution sees
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
 
 
@@ -152,7 +153,7 @@ class Gate(Strict):
     min_new_domain_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] = 0.90
     min_int8_parity: Annotated[float, Field(ge=0.0, le=1.0)] = 0.99
     max_int8_latency_ms: Annotated[float, Field(gt=0.0)] = 2.0
-    max_int8_size_kib: Annotated[float, Field(gt=0.0)] = 256.0
+    max_int8_size_kib: Annotated[float, Field(gt=0.0)] = 512.0
     # Test clips of the configured domains, drawn by seed among those the champion gets right, that must keep
     # their label: a cheap guard against a challenger that trades well-known cases for the average.
     golden_clips: Annotated[int, Field(ge=0)] = 24

@@ -179,10 +179,12 @@ def serve(params: ParamsOption = Path("params.yaml")) -> None:
 @app.command()
 def demo(params: ParamsOption = Path("params.yaml")) -> None:
     """The continuous-training story in a workspace of its own: baseline, a good drop promoted, a bad one refused."""
-    from pipelines.demo import run_demo, story_table
+    from pipelines.demo import run_demo, stage_table, story_table
 
     settings = load_params(params)
-    console.print(story_table(run_demo(settings)))
+    steps = run_demo(settings)
+    console.print(story_table(steps))
+    console.print(stage_table(steps))
     console.print(f"Runs, gate reports and the registry: .venv/bin/mlflow ui --backend-store-uri "
                   f"sqlite:///{settings.demo.workspace}/mlflow.db --host 127.0.0.1  → http://127.0.0.1:5000",
                   soft_wrap=True, highlight=False)

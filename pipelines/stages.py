@@ -173,9 +173,11 @@ def champion_weights(params: Params, label_names: list[str]) -> tuple[dict[str, 
         try:
             path = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{current.run_id}/weights/{MODEL_FILE}",
                                                        dst_path=scratch, tracking_uri=client.tracking_uri)
+            model, card = load_model(Path(path))
         except MlflowException:
             return None, f"scratch (champion v{current.version} has no weights)"
-        model, card = load_model(Path(path))
+        except EarshotError:
+            return None, f"scratch (champion v{current.version} has another architecture)"
     same = (card["label_names"] == label_names and card["model"] == params.model.model_dump()
             and card["features"] == params.features.model_dump())
     if not same:

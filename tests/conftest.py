@@ -39,7 +39,7 @@ def tiny_settings(root: Path | None) -> dict:
     settings["asr"]["domains"] = {k: place(f"data/synth/asr/{k}") for k in synthesis["domains"]}
     settings["ingest"] |= {"root": place("data/domains"), "quarantine": place("data/quarantine")}
     settings["train"] |= {"epochs": 3, "batch_size": 32, "patience": 2}
-    settings["model"] |= {"channels": 16, "blocks": 1}
+    settings["model"] |= {"channels": 32, "blocks": 1}
     settings["export"] |= {"calibration_clips": 32, "latency_runs": 5, "min_parity": 0.5}
     return settings
 

@@ -59,7 +59,7 @@ def data() -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def model(data: dict[str, torch.Tensor]) -> KeywordSpotter:
     torch.manual_seed(0)
-    net = KeywordSpotter(N_MELS, CLASSES, Model(channels=16, blocks=2))
+    net = KeywordSpotter(N_MELS, CLASSES, Model(channels=32, blocks=2))
     opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(0)
     for _ in range(60):

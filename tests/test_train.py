@@ -30,7 +30,7 @@ def tone_task(tmp_path_factory):
 def test_default_model_is_a_small_keyword_spotter():
     params = Params.model_validate(tiny_settings(None) | {"model": {}})
     model = KeywordSpotter(40, 12, params.model)
-    assert count_parameters(model) < 100_000
+    assert count_parameters(model) < 400_000  # under the gate's 512 KiB once INT8
     frames = frame_count(params.features, 16000, 16000)
     assert LogMel(params.features, 16000)(torch.zeros(2, 16000)).shape == (2, 40, frames)
     assert model(torch.randn(3, 40, frames)).shape == (3, 12)
