@@ -132,9 +132,11 @@ def task_seconds(flow_run_id: UUID) -> dict[str, float]:
     """Run time of each task of a flow run as the Prefect API recorded it, keyed by task name (repeats add up)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
 
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                     sort=TaskRunSort.EXPECTED_START_TIME_ASC)
     seconds: dict[str, float] = {}
     for run in runs:
         stage = run.name.rsplit("-", 1)[0]  # Prefect names a task run <task name>-<key>
