@@ -80,7 +80,9 @@ class World:
         settings["features"]["n_mels"] = 80
         settings["model"] |= {"channels": 64}
         settings["export"]["min_parity"] = 0.9
-        settings["gate"] |= {"min_new_domain_accuracy": 0.8, "min_int8_parity": 0.9, "golden_clips": 6} | gate
+        # lab_a has 36 test clips, one is 2.8 points: the gate tolerates one clip flipping by chance, not two.
+        settings["gate"] |= {"min_new_domain_accuracy": 0.8, "min_int8_parity": 0.9, "golden_clips": 6,
+                             "max_domain_regression_points": 3.0} | gate
         settings["continuous"] = {"incoming": str(root / "incoming"), "lock": str(root / "retrain.lock")}
         self.params_path = root / "params.yaml"
         self.params_path.write_text(yaml.safe_dump(settings, sort_keys=False))

@@ -8,7 +8,7 @@ import torch
 
 from components.config import Features, Params
 from components.dataset import KwsData
-from components.features import LogMel, frame_count
+from components.features import LOG_FLOOR, LogMel, frame_count
 from pipelines.stages import featurize_stage
 from tests.conftest import tiny_settings, tone, write_tree
 
@@ -51,3 +51,14 @@ def test_only_the_changed_domain_is_rebuilt_and_removed_domains_are_dropped(tmp_
 def test_frame_count_matches_the_front_end(win_ms, hop_ms, samples):
     cfg = Features(win_ms=win_ms, hop_ms=hop_ms)
     assert LogMel(cfg, 16000)(torch.zeros(1, samples)).shape[2] == frame_count(cfg, 16000, samples)
+
+
+@pytest.mark.parametrize(("win_ms", "hop_ms", "n_mels"), [(30.0, 20.0, 40), (25.0, 10.0, 64)])
+def test_log_mel_is_the_log_of_torchaudios_mel_spectrogram(win_ms, hop_ms, n_mels):
+    # LogMel computes the power spectrum itself, for speed; the models learned torchaudio's numbers.
+    front_end = LogMel(Features(win_ms=win_ms, hop_ms=hop_ms, n_mels=n_mels), 16000)
+    waves = 0.3 * torch.randn(3, 16000, generator=torch.Generator().manual_seed(0))
+    waves[1, 4000:9000] = 0.0  # silence reaches the log floor
+    expected = torch.log(front_end.mel(waves) + LOG_FLOOR)
+    assert torch.allclose(front_end(waves), expected, atol=1e-4)
+    assert torch.allclose(front_end(waves[2]), expected[2], atol=1e-4)  # one clip, no batch axis
