@@ -50,7 +50,8 @@ def librosa_log_mel(waves: np.ndarray, front_end: LogMel, batch: int) -> np.ndar
 class Figure:
     """A measured ratio or difference and the issue 6 target it is held to; without a bound it is context only.
 
-    A `signed` figure is a difference in points: it prints with its sign and its size is what the bound limits.
+    A `signed` figure is a difference in points: it prints with its sign, and its size is what the bound limits,
+    unless `at_least` makes the bound a floor for the signed value (no more than that many points below).
     """
 
     name: str
@@ -63,13 +64,14 @@ class Figure:
     def target(self) -> str:
         if self.bound is None:
             return ""
-        return f"{'|value|' if self.signed else ''} {'>=' if self.at_least else '<='} {self.bound:g}".strip()
+        size = self.signed and not self.at_least
+        return f"{'|value|' if size else ''} {'>=' if self.at_least else '<='} {self.bound:g}".strip()
 
     @property
     def verdict(self) -> str:
         if self.bound is None:
             return ""
-        judged = abs(self.value) if self.signed else self.value
+        judged = abs(self.value) if self.signed and not self.at_least else self.value
         return "meets" if (judged >= self.bound if self.at_least else judged <= self.bound) else "misses"
 
     def row(self) -> tuple[str, str, str, str]:
@@ -128,7 +130,8 @@ def bench_distillation(data: KwsData, params: Params, student: TrainResult, teac
         Figure("student / teacher parameters", models["student, distilled"]["parameters"]
                / models["teacher"]["parameters"], 0.25),
         Figure("distilled student - teacher test accuracy, points", 100 * (
-            models["student, distilled"]["test_accuracy"] - models["teacher"]["test_accuracy"]), 1.0, signed=True),
+            models["student, distilled"]["test_accuracy"] - models["teacher"]["test_accuracy"]), -1.0, at_least=True,
+            signed=True),
         Figure("distilled - labels-only student test accuracy, points", 100 * (
             models["student, distilled"]["test_accuracy"] - models["student, labels only"]["test_accuracy"]),
             signed=True),
