@@ -325,7 +325,12 @@ def test_earshot_serve_registers_the_three_deployments_and_leaves_schedules_on_a
             time.sleep(1)
     finally:
         server.send_signal(signal.SIGINT)
-        server.wait(timeout=60)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            pytest.fail("earshot serve ignored Ctrl-C for 60 s; its log ends: "
+                        + server.communicate()[1].decode()[-3000:])
     served = {d.name: d for d in read_api("read_deployments") if d.name in wanted}
     assert not any(d.paused for d in served.values())  # pause_on_shutdown=False: the nightly run still fires
     assert [s.schedule.cron for s in served["nightly"].schedules] == ["0 3 * * *"]
