@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 import yaml
 from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
@@ -42,6 +43,16 @@ def tiny_settings(root: Path | None) -> dict:
     settings["model"] |= {"channels": 32, "blocks": 1}
     settings["export"] |= {"calibration_clips": 32, "latency_runs": 5, "min_parity": 0.5}
     return settings
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for a module of small models: they gain nothing from a second thread, and when another
+    job holds the other core OpenMP's spinning made 60 training steps take 37 s instead of 5 s."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import resource
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from components.export import FP32_FILE, INT8_FILE, ExportReport, ParityError, e
 from components.model import KeywordSpotter
 
 N_MELS, FRAMES, CLASSES = 40, 49, 12
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CFG = Export(calibration_clips=64, min_parity=0.9, latency_runs=20)
 
 
@@ -37,16 +37,6 @@ def synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     for i, (k, t) in enumerate(zip(labels.tolist(), starts.tolist(), strict=True)):
         mels[i, 3 * k : 3 * k + 3, t : t + 20] += 1.5
     return mels, labels
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # A model this small gains nothing from a second thread, and when another job holds the other core
-    # OpenMP's spinning made the 60 training steps take 37 s instead of 5 s.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

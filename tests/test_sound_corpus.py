@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +33,9 @@ DOMAINS = {
     "street": SoundDomain(noise="pink", snr_db=(10.0, 25.0)),
     "hall": SoundDomain(noise="babble", snr_db=(8.0, 20.0), rt60_s=(0.3, 0.6), band_hz=(200.0, 6000.0)),
 }
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 URBANSOUND8K_CLASSES = ("air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling", "engine_idling",
                         "gun_shot", "jackhammer", "siren", "street_music")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
