@@ -226,12 +226,18 @@ def test_watcher_starts_one_flow_run_per_drop_however_often_it_looks(story, pref
     assert sorted(first) == drops and second == []
     [manual] = [d for d in read_api("read_deployments") if d.name == "manual"]
     runs = [r for r in read_api("read_flow_runs") if r.deployment_id == manual.id]
-    assert sorted(r.parameters["drop"] for r in runs) == drops
-    listed = subprocess.run([str(BIN / "prefect"), "deployment", "ls"], capture_output=True, text=True,
-                            env=os.environ | {"PREFECT_API_URL": prefect_api}, timeout=120)
-    assert listed.returncode == 0, listed.stderr
-    for name in ("manual", "nightly", "new-data"):
-        assert name in listed.stdout, listed.stdout
+    try:
+        assert sorted(r.parameters["drop"] for r in runs) == drops
+        listed = subprocess.run([str(BIN / "prefect"), "deployment", "ls"], capture_output=True, text=True,
+                                env=os.environ | {"PREFECT_API_URL": prefect_api}, timeout=120)
+        assert listed.returncode == 0, listed.stderr
+        for name in ("manual", "nightly", "new-data"):
+            assert name in listed.stdout, listed.stdout
+    finally:
+        # Nobody serves these runs here. Left scheduled on the session's API, the next `earshot serve` would pick
+        # them up, and Ctrl-C waits for a run in flight: under load that outlasted the serve test's 60 s.
+        for run in runs:
+            read_api("delete_flow_run", flow_run_id=run.id)
 
 
 def test_rollback_moves_champion_back_and_is_logged(story):
