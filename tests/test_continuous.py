@@ -234,10 +234,15 @@ def test_watcher_starts_one_flow_run_per_drop_however_often_it_looks(story, pref
         for name in ("manual", "nightly", "new-data"):
             assert name in listed.stdout, listed.stdout
     finally:
-        # Nobody serves these runs here. Left scheduled on the session's API, the next `earshot serve` would pick
-        # them up, and Ctrl-C waits for a run in flight: under load that outlasted the serve test's 60 s.
-        for run in runs:
-            read_api("delete_flow_run", flow_run_id=run.id)
+        # Nobody serves these deployments here. Left on the session's API, the next `earshot serve` (same names)
+        # would run their scheduled runs: the new-data schedule's watcher runs start this world's drops again, and
+        # Ctrl-C waits for a run in flight, which under load outlasted the serve test's 60 s.
+        applied = {d.id for d in read_api("read_deployments") if d.name in {"manual", "nightly", "new-data"}}
+        for run in read_api("read_flow_runs"):
+            if run.deployment_id in applied:
+                read_api("delete_flow_run", flow_run_id=run.id)
+        for deployment_id in applied:
+            read_api("delete_deployment", deployment_id=deployment_id)
 
 
 def test_rollback_moves_champion_back_and_is_logged(story):
