@@ -11,7 +11,9 @@ import soundfile as sf
 from components.errors import EarshotError
 from components.sound_events import (
     ESC50_COLUMNS,
+    ESC50_CSV,
     URBANSOUND8K_COLUMNS,
+    URBANSOUND8K_CSV,
     SoundClip,
     check_sources_disjoint,
     folds_split,
@@ -96,44 +98,35 @@ def _replace(rows: list[list[str]], index: int, column: int, value: str) -> list
     return changed
 
 
-US8K_BAD = {
-    "non-integer fold": (_replace(US8K_ROWS, 1, 5, "five"), "line 3: fold 'five' is not an integer"),
-    "fold above ten": (_replace(US8K_ROWS, 0, 5, "11"), "line 2: fold 11 is outside 1..10"),
-    "fold zero": (_replace(US8K_ROWS, 0, 5, "0"), "line 2: fold 0 is outside 1..10"),
-    "salience three": (_replace(US8K_ROWS, 4, 4, "3"), "line 6: salience 3 is outside 1..2"),
-    "non-integer class id": (_replace(US8K_ROWS, 2, 6, "2.0"), "line 4: classID '2.0' is not an integer"),
-    "id named twice": (_replace(US8K_ROWS, 4, 7, "siren"), "line 6 names class id 3 'siren', line 2 'dog_bark'"),
-    "name with two ids": (_replace(US8K_ROWS, 4, 6, "8"), "line 6 gives class 'dog_bark' id 8, line 2 id 3"),
-    "empty fsID": (_replace(US8K_ROWS, 5, 1, ""), "line 7: empty fsID or class"),
+BAD_ROWS = {
+    "us8k non-integer fold": (_replace(US8K_ROWS, 1, 5, "five"), "line 3: fold 'five' is not an integer"),
+    "us8k fold above ten": (_replace(US8K_ROWS, 0, 5, "11"), "line 2: fold 11 is outside 1..10"),
+    "us8k fold zero": (_replace(US8K_ROWS, 0, 5, "0"), "line 2: fold 0 is outside 1..10"),
+    "us8k salience three": (_replace(US8K_ROWS, 4, 4, "3"), "line 6: salience 3 is outside 1..2"),
+    "us8k non-integer class id": (_replace(US8K_ROWS, 2, 6, "2.0"), "line 4: classID '2.0' is not an integer"),
+    "us8k id named twice": (_replace(US8K_ROWS, 4, 7, "siren"), "line 6 names class id 3 'siren', line 2 'dog_bark'"),
+    "us8k name with two ids": (_replace(US8K_ROWS, 4, 6, "8"), "line 6 gives class 'dog_bark' id 8, line 2 id 3"),
+    "us8k empty fsID": (_replace(US8K_ROWS, 5, 1, ""), "line 7: empty fsID or class"),
+    "esc50 fold six": (_replace(ESC50_ROWS, 2, 1, "6"), "line 4: fold 6 is outside 1..5"),
+    "esc50 non-integer fold": (_replace(ESC50_ROWS, 0, 1, ""), "line 2: fold '' is not an integer"),
+    "esc50 id named twice": (_replace(ESC50_ROWS, 3, 3, "rooster"), "line 5 names class id 0 'rooster', line 2 'dog'"),
+    "esc50 non-integer target": (_replace(ESC50_ROWS, 1, 2, "x"), "line 3: target 'x' is not an integer"),
 }
+# The layout a case's name starts with: how to write it, how to load it, where its CSV sits.
+LAYOUTS = {"us8k": (write_urbansound8k, load_urbansound8k, URBANSOUND8K_CSV),
+           "esc50": (write_esc50, load_esc50, ESC50_CSV)}
 
 
-@pytest.mark.parametrize("case", US8K_BAD)
-def test_urbansound8k_bad_rows_fail_in_one_line_naming_the_file(tmp_path: Path, case: str) -> None:
-    rows, message = US8K_BAD[case]
-    root = write_urbansound8k(tmp_path, rows)
+@pytest.mark.parametrize("case", BAD_ROWS)
+def test_bad_rows_fail_in_one_line_naming_the_file(tmp_path: Path, case: str) -> None:
+    rows, message = BAD_ROWS[case]
+    write, load, csv_file = LAYOUTS[case.split()[0]]
+    root = write(tmp_path, rows)
     with pytest.raises(EarshotError) as error:
-        load_urbansound8k(root)
+        load(root)
     text = str(error.value)
-    assert "\n" not in text and text.startswith(str(root / "metadata" / "UrbanSound8K.csv"))
+    assert "\n" not in text and text.startswith(str(root / csv_file))
     assert message in text
-
-
-ESC50_BAD = {
-    "fold six": (_replace(ESC50_ROWS, 2, 1, "6"), "line 4: fold 6 is outside 1..5"),
-    "non-integer fold": (_replace(ESC50_ROWS, 0, 1, ""), "line 2: fold '' is not an integer"),
-    "id named twice": (_replace(ESC50_ROWS, 3, 3, "rooster"), "line 5 names class id 0 'rooster', line 2 'dog'"),
-    "non-integer target": (_replace(ESC50_ROWS, 1, 2, "x"), "line 3: target 'x' is not an integer"),
-}
-
-
-@pytest.mark.parametrize("case", ESC50_BAD)
-def test_esc50_bad_rows_fail_in_one_line_naming_the_file(tmp_path: Path, case: str) -> None:
-    rows, message = ESC50_BAD[case]
-    root = write_esc50(tmp_path, rows)
-    with pytest.raises(EarshotError, match="^" + str(root / "meta" / "esc50.csv")) as error:
-        load_esc50(root)
-    assert message in str(error.value) and "\n" not in str(error.value)
 
 
 def test_missing_metadata_file(tmp_path: Path) -> None:
