@@ -190,7 +190,7 @@ class Paths(Strict):
     clip_cache: Path = Path(".earshot/clips")
 
 
-Track = Literal["kws", "asr"]
+Track = Literal["kws", "asr", "esc"]
 
 
 class AsrCorpus(Strict):
@@ -277,6 +277,65 @@ class Asr(Strict):
     gate: AsrGate = AsrGate()
 
 
+class SoundDomain(Strict):
+    """Where and how a sound source was recorded: background noise, event-to-noise ratio, room and microphone band.
+
+    snr_db is for foreground events; background ones (salience 2) sit lower still. None: no room, or a flat microphone.
+    """
+
+    noise: NoiseKind = "pink"
+    snr_db: Range = (10.0, 25.0)
+    rt60_s: Range | None = None
+    band_hz: Range | None = None
+
+
+class SoundCorpus(Strict):
+    """The synthesized UrbanSound8K-layout corpus: the ten classes from procedural sound models, in 10 folds."""
+
+    clips_per_class: PositiveInt = 40
+    # A source recording yields 1..n slices, all in its fold: the grouping fold cross-validation must respect.
+    max_slices_per_source: PositiveInt = 4
+    sample_rate: Annotated[int, Field(ge=8000)] = 16000
+    domains: dict[str, SoundDomain] = Field(min_length=1)
+
+
+class SoundTraining(Strict):
+    """How a sound-event model is built and trained, for every cross-validation fold and the deployed model alike."""
+
+    channels: PositiveInt = 16
+    blocks: PositiveInt = 4
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
+    epochs: PositiveInt = 30
+    batch_size: PositiveInt = 32
+    learning_rate: Annotated[float, Field(gt=0.0)] = 3e-3
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.01
+    patience: PositiveInt = 8
+    mixup: bool = True
+    mixup_alpha: Annotated[float, Field(gt=0.0)] = 0.3
+    freq_mask: Annotated[int, Field(ge=0)] = 6
+    time_mask: Annotated[int, Field(ge=0)] = 10
+    masks: Annotated[int, Field(ge=0)] = 2
+    threads: PositiveInt = 2
+
+
+class Esc(Strict):
+    """The environmental sound classification track: an UrbanSound8K or ESC-50 folder, scored fold by fold."""
+
+    layout: Literal["urbansound8k", "esc50"] = "urbansound8k"
+    # The dataset folder: the synthesized corpus, or a real extracted UrbanSound8K / ESC-50 of `layout`.
+    root: Path = Path("data/synth/esc")
+    corpus: SoundCorpus
+    sample_rate: PositiveInt = 16000  # clips are resampled to it
+    features: Features = Features(n_mels=64, win_ms=40.0, hop_ms=20.0, f_max=7600.0)
+    train: SoundTraining = SoundTraining()
+    # The test folds of cross-validation; null: every fold, the datasets' protocol (10 for UrbanSound8K, 5 for ESC-50).
+    cv_folds: list[PositiveInt] | None = None
+    # The deployed model never trains on this fold (null: the last one): the gate scores it and the champion there.
+    holdout_fold: PositiveInt | None = None
+    export: Export = Export(calibration_clips=64, latency_runs=50)
+    gate: Gate = Gate(min_new_domain_accuracy=0.85, max_int8_latency_ms=10.0, max_int8_size_kib=1024.0)
+
+
 class Params(Strict):
     seed: int = 0
     # Which model track the stages, the flows and the CLI build; every output lands under a folder of this name.
@@ -295,6 +354,7 @@ class Params(Strict):
     continuous: Continuous = Continuous()
     demo: Demo = Demo()
     asr: Asr | None = None
+    esc: Esc | None = None
 
     @property
     def out(self) -> Paths:
@@ -322,6 +382,8 @@ class Params(Strict):
             unknown = set(self.asr.corpus.domains) - set(self.synthesis.domains) - set(self.synthesis.drop_domains)
             if unknown:
                 raise ValueError(f"asr.corpus.domains: no synthesis recipe for {', '.join(sorted(unknown))}")
+        if self.track == "esc" and self.esc is None:
+            raise ValueError("track esc needs an `esc` section")
         return self
 
     @model_validator(mode="after")

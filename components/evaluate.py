@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import matplotlib
 
@@ -14,8 +15,17 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from components.dataset import KwsData  # noqa: E402
 from components.wer import WerReport  # noqa: E402
+
+
+class LabelledClips(Protocol):
+    """Test clips as scoring sees them: label and domain ids with their names, and each clip's source file."""
+
+    labels: torch.Tensor
+    domains: torch.Tensor
+    label_names: list[str]
+    domain_names: list[str]
+    sources: list[str]
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,7 @@ def predict(model: torch.nn.Module, mels: torch.Tensor, batch: int = 512) -> tor
     return torch.cat([model(chunk).argmax(1) for chunk in mels.split(batch)]) if len(mels) else torch.empty(0).long()
 
 
-def evaluate_predictions(predicted: torch.Tensor, test: KwsData) -> Evaluation:
+def evaluate_predictions(predicted: torch.Tensor, test: LabelledClips) -> Evaluation:
     """Score predicted label indices against the test split's labels, sliced by class and by domain."""
     correct = (predicted == test.labels).float()
 
@@ -66,16 +76,16 @@ def evaluate_predictions(predicted: torch.Tensor, test: KwsData) -> Evaluation:
     )
 
 
-def plot_confusion(evaluation: Evaluation, labels: list[str], path: Path) -> None:
-    """A confusion-matrix heat map with counts, for the MLflow UI."""
-    matrix = torch.tensor(evaluation.confusion)
+def plot_confusion(confusion: list[list[int]], labels: list[str], title: str, path: Path) -> None:
+    """A confusion-matrix heat map with counts (rows actual, columns predicted), for the MLflow UI."""
+    matrix = torch.tensor(confusion)
     fig, ax = plt.subplots(figsize=(7, 6))
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right")
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
-    ax.set_title(f"test accuracy {evaluation.accuracy:.1%} on {evaluation.clips} clips")
+    ax.set_title(title)
     for (row, col), count in zip(torch.cartesian_prod(torch.arange(len(labels)), torch.arange(len(labels))).tolist(),
                                  matrix.flatten().tolist(), strict=True):
         if count:

@@ -1,16 +1,18 @@
-"""Export stage: a trained KeywordSpotter to FP32 ONNX and static INT8 ONNX, with parity, size, speed, accuracy.
+"""Export stage: a trained classifier of log-mels to FP32 ONNX and static INT8 ONNX, with parity, size, speed, accuracy.
 
-Serving runs the INT8 file, so every export measures how far it drifts from PyTorch and fails below a floor.
+Serving runs the INT8 file, so every export measures how far it drifts from PyTorch and fails below a floor. Clips
+come as one tensor of equal lengths (keywords) or as clips of their own lengths (sound events), never padded.
 """
 
 from __future__ import annotations
 
 import copy
 import io
+import itertools
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +32,6 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from components.config import Export
 from components.errors import EarshotError
 from components.files import atomic_path
-from components.model import KeywordSpotter
 
 INPUT = "mels"
 OUTPUT = "logits"
@@ -41,6 +42,8 @@ INT8_FILE = "model.int8.onnx"
 # Bounds memory when scoring the test set and when calibrating; results do not depend on it.
 BATCH = 256
 WARMUP_RUNS = 10
+# Log-mels to run a model on: a (clips, n_mels, frames) tensor, or clips of their own lengths, each (n_mels, frames_i).
+Clips = torch.Tensor | Sequence[torch.Tensor]
 # The dynamo exporter warns once per torchvision op it cannot register; torchvision is not a dependency here.
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
@@ -179,28 +182,54 @@ def latency_ms(run: Callable[[], object], runs: int) -> tuple[float, float]:
     return float(np.median(times) * 1e3), float(np.percentile(times, 95) * 1e3)
 
 
-def onnx_predictions(path: Path | ort.InferenceSession, mels: torch.Tensor) -> torch.Tensor:
+def equal_length_batches(clips: Clips, size: int = BATCH) -> list[tuple[list[int], torch.Tensor]]:
+    """(clip indices, (batch, n_mels, frames) tensor) of up to `size` clips of one length each.
+
+    Nothing is padded, so a clip scores in a batch exactly as it would alone.
+    """
+    order = sorted(range(len(clips)), key=lambda i: clips[i].shape[-1])
+    batches = []
+    for _, same in itertools.groupby(order, key=lambda i: clips[i].shape[-1]):
+        same = list(same)
+        for start in range(0, len(same), size):
+            rows = same[start : start + size]
+            batches.append((rows, torch.stack([clips[i] for i in rows]).float().contiguous()))
+    return batches
+
+
+def _top1(clips: Clips, logits: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Top-1 label index of every clip, in clip order."""
+    top1 = torch.empty(len(clips), dtype=torch.long)
+    for rows, batch in equal_length_batches(clips):
+        top1[rows] = logits(batch).argmax(1)
+    return top1
+
+
+def _longest(clips: Clips) -> torch.Tensor:
+    """The longest clip as a batch of one: latency is quoted for the worst case."""
+    return clips[max(range(len(clips)), key=lambda i: clips[i].shape[-1])][None].float().contiguous()
+
+
+def onnx_predictions(path: Path | ort.InferenceSession, mels: Clips) -> torch.Tensor:
     """Top-1 label indices of an exported model (a file or an open session) on precomputed log-mels."""
     session = path if isinstance(path, ort.InferenceSession) else single_thread_session(path)
-    mels = mels.float().contiguous()
-    return torch.cat([torch.from_numpy(session.run([OUTPUT], {INPUT: chunk.numpy()})[0]).argmax(1)
-                      for chunk in mels.split(BATCH)])
+    return _top1(mels, lambda batch: torch.from_numpy(session.run([OUTPUT], {INPUT: batch.numpy()})[0]))
 
 
-def _onnx_variant(name: str, path: Path, test_mels: torch.Tensor, test_labels: torch.Tensor,
+def _onnx_variant(name: str, path: Path, test_mels: Clips, test_labels: torch.Tensor,
                   torch_top1: torch.Tensor, runs: int) -> Variant:
     session = single_thread_session(path)
     top1 = onnx_predictions(session, test_mels)
-    clip = {INPUT: test_mels[:1].numpy()}
+    clip = {INPUT: _longest(test_mels).numpy()}
     p50, p95 = latency_ms(lambda: session.run([OUTPUT], clip), runs)
     return Variant(name, path, path.stat().st_size, p50, p95, _rate(top1 == test_labels), _rate(top1 == torch_top1))
 
 
-def _torch_variant(model: KeywordSpotter, test_mels: torch.Tensor, test_labels: torch.Tensor,
+def _torch_variant(model: torch.nn.Module, test_mels: Clips, test_labels: torch.Tensor,
                    runs: int) -> tuple[Variant, torch.Tensor]:
     with torch.inference_mode():
-        top1 = torch.cat([model(chunk).argmax(1) for chunk in test_mels.split(BATCH)])
-        clip = test_mels[:1]
+        top1 = _top1(test_mels, model)
+        clip = _longest(test_mels)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
@@ -217,22 +246,26 @@ def _rate(hits: torch.Tensor) -> float:
     return hits.sum().item() / hits.numel()
 
 
-def export_models(model: KeywordSpotter, calibration: torch.Tensor, test_mels: torch.Tensor,
-                  test_labels: torch.Tensor, cfg: Export, out_dir: Path) -> ExportReport:
+def export_models(model: torch.nn.Module, calibration: Clips, test_mels: Clips, test_labels: torch.Tensor,
+                  cfg: Export, out_dir: Path, min_frames: int | None = None) -> ExportReport:
     """Write out_dir/model.onnx and out_dir/model.int8.onnx, measure all three variants, then enforce parity.
 
+    min_frames None fixes the time axis at the clips' one length; a number makes it dynamic from that many frames up.
     Both files are published before the check; ParityError (with the report) tells the caller to reject them.
     """
     if not len(calibration) or not len(test_mels) or len(test_mels) != len(test_labels):
         raise EarshotError(f"export needs calibration and test clips with one label each, got "
                            f"{len(calibration)} calibration, {len(test_mels)} test clips, {len(test_labels)} labels")
-    calibration, test_mels = calibration.float().contiguous(), test_mels.float().contiguous()
     # A copy, so switching to eval mode does not change the caller's model under it.
     model = copy.deepcopy(model).eval()
     fp32_path, int8_path = out_dir / FP32_FILE, out_dir / INT8_FILE
-    # Trace with batch 2: a batch-1 example would let torch.export specialise the batch axis to 1.
-    export_fp32(model, calibration[:1].repeat(2, 1, 1), fp32_path)
-    quantize_int8(fp32_path, calibration.split(BATCH), int8_path)
+    dynamic = {0: torch.export.Dim("batch")}
+    if min_frames is not None:
+        dynamic[2] = torch.export.Dim("frames", min=min_frames, max=1 << 16)
+    # Trace with batch 2 and the longest clip: torch.export must not specialise an axis to the example's size.
+    export_fp32(model, _longest(calibration).repeat(2, 1, 1), fp32_path, dynamic=dynamic)
+    quantize_int8(fp32_path, [batch for _, batch in equal_length_batches(calibration)], int8_path,
+                  symbolic_shapes=min_frames is None)
 
     eager, torch_top1 = _torch_variant(model, test_mels, test_labels, cfg.latency_runs)
     report = ExportReport(

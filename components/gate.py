@@ -14,8 +14,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from components.config import AsrGate, Gate
-from components.dataset import KwsData
-from components.evaluate import evaluate_predictions
+from components.evaluate import LabelledClips, evaluate_predictions
 
 
 @dataclass(frozen=True)
@@ -150,7 +149,7 @@ def gate_transcriber(challenger: TranscriberCandidate, champion: TranscriberCand
     return GateReport(tuple(checks), challenger, champion)
 
 
-def pick_golden(test: KwsData, champion_top1: torch.Tensor, domains: Collection[str], count: int,
+def pick_golden(test: LabelledClips, champion_top1: torch.Tensor, domains: Collection[str], count: int,
                 seed: int) -> dict[str, str]:
     """Clip -> true label for `count` test clips of `domains` that the champion labels right.
 
@@ -164,7 +163,7 @@ def pick_golden(test: KwsData, champion_top1: torch.Tensor, domains: Collection[
     return {test.sources[i]: test.label_names[test.labels[i]] for i in sorted(eligible, key=rank)[:count]}
 
 
-def scored_candidate(top1: torch.Tensor, test: KwsData, int8_parity: float, int8_latency_ms: float,
+def scored_candidate(top1: torch.Tensor, test: LabelledClips, int8_parity: float, int8_latency_ms: float,
                      int8_size_bytes: int, golden: Collection[str] = ()) -> Candidate:
     """A Candidate from a model's top-1 predictions on the test split, with its INT8 figures."""
     evaluation = evaluate_predictions(top1, test)

@@ -20,7 +20,7 @@ import soundfile as sf
 import torch
 
 from components.acoustics import mix_at_snr, noise, peak_normalize, reverberate, room_impulse_response
-from components.config import NoiseKind
+from components.config import SoundDomain
 from components.files import atomic_path
 from components.sound_events import (
     URBANSOUND8K_COLUMNS,
@@ -49,20 +49,6 @@ _NYQUIST_SHARE = 0.45
 _BABBLE_TALKERS = 8
 # Independent random streams: the plan (folds, domains, fsIDs), the crowd for babble, and one per source.
 _PLAN, _CROWD, _SOURCE = range(3)
-
-
-@dataclass(frozen=True)
-class SoundDomain:
-    """Where and how a source was recorded: background noise, event-to-noise ratio, room and microphone band.
-
-    snr_db is for foreground events; background ones (salience 2) are BACKGROUND_DROP_DB lower. None: no room, or a
-    flat microphone.
-    """
-
-    noise: NoiseKind = "pink"
-    snr_db: Range = (10.0, 25.0)
-    rt60_s: Range | None = None
-    band_hz: Range | None = None
 
 
 @dataclass(frozen=True)

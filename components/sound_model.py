@@ -6,8 +6,13 @@ AVX2) halve mel and time in every block; mean and max over the real frames make 
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
+
+from components.errors import EarshotError
 
 # Channels double from block to block up to this multiple of the first block's: width is where the parameters go.
 MAX_WIDTH_FACTOR = 8
@@ -78,3 +83,18 @@ class SoundEventNet(nn.Module):
         real = _real_frames(lengths, x.shape[-1], 3)
         mean = (x * real).sum(dim=2) / lengths.view(-1, 1)
         return torch.cat([mean, x.masked_fill(~real, float("-inf")).amax(dim=2)], dim=1)
+
+
+def load_sound_model(path: Path) -> tuple[SoundEventNet, dict[str, Any]]:
+    """Rebuild a saved SoundEventNet in eval mode, with its card (save_model wrote both)."""
+    if not Path(path).is_file():
+        raise EarshotError(f"{path}: model not found; run the train stage first")
+    saved = torch.load(path, weights_only=True)
+    card = saved["card"]
+    model = SoundEventNet(n_mels=card["features"]["n_mels"], n_classes=len(card["label_names"]), **card["model"])
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError as err:
+        raise EarshotError(f"{path}: the weights do not fit this earshot's sound-event model: "
+                           f"{str(err).splitlines()[0]}") from None
+    return model.eval(), card

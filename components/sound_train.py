@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,35 +19,13 @@ import torch.nn.functional as F
 
 from components.acoustics import resample
 from components.augment import spec_augment
-from components.config import Augment, Features
+from components.config import Augment, Features, SoundTraining
 from components.features import BATCH_CLIPS, LOG_FLOOR, LogMel, frame_count
 from components.sound_events import SoundClip, SoundDatasetError, check_sources_disjoint, folds_split
-from components.sound_model import SoundEventNet, min_frames
+from components.sound_model import SoundEventNet
 
 # The log-mel of digital silence: what a batch holds past the end of a shorter clip.
 SILENCE = math.log(LOG_FLOOR)
-
-
-@dataclass(frozen=True)
-class SoundTraining:
-    """How each fold's model is built and trained; one field per setting, ready to map to params.yaml keys.
-
-    The defaults scored 92.7 % mean fold accuracy over the 10 folds of a 400-clip synthesized corpus.
-    """
-
-    channels: int = 16
-    blocks: int = 4
-    dropout: float = 0.2
-    epochs: int = 30
-    batch_size: int = 32
-    learning_rate: float = 3e-3
-    weight_decay: float = 0.01
-    patience: int = 8
-    mixup: bool = True
-    mixup_alpha: float = 0.3
-    freq_mask: int = 6
-    time_mask: int = 10
-    masks: int = 2
 
 
 @dataclass(frozen=True)
@@ -195,10 +173,12 @@ def score(model: SoundEventNet, clips: Sequence[SoundClip], mels: Mapping[Path, 
 
 
 def train_fold(train: Sequence[SoundClip], validation: Sequence[SoundClip], mels: Mapping[Path, torch.Tensor], *,
-               n_classes: int, settings: SoundTraining, seed: int) -> TrainedFold:
+               n_classes: int, settings: SoundTraining, seed: int,
+               on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainedFold:
     """A SoundEventNet trained on `train` (AdamW, cosine, SpecAugment, mixup), kept at its best `validation` epoch.
 
-    Best is highest validation accuracy, then lowest loss. Every random choice follows `seed`.
+    Best is highest validation accuracy, then lowest loss. Every random choice follows `seed`. on_epoch gets each
+    epoch's row of the history as it ends.
     """
     torch.manual_seed(seed)  # initial weights and dropout
     gen = torch.Generator().manual_seed(seed)  # batch order, SpecAugment masks, mixup partners
@@ -233,6 +213,8 @@ def train_fold(train: Sequence[SoundClip], validation: Sequence[SoundClip], mels
         val_loss, val_accuracy, _ = score(model, validation, mels)
         history.append({"epoch": epoch, "train_loss": total_loss / len(train), "val_loss": val_loss,
                         "val_accuracy": val_accuracy})
+        if on_epoch is not None:
+            on_epoch(history[-1])
         if (val_accuracy, -val_loss) > best:
             best, best_epoch = (val_accuracy, -val_loss), epoch
             best_weights = copy.deepcopy(model.state_dict())
@@ -274,22 +256,25 @@ def fold_roles(clips: Sequence[SoundClip], test_fold: int) -> tuple[int, list[So
     return validation_fold, train, validation, test
 
 
-def cross_validate(clips: Sequence[SoundClip], *, folds: list[int] | None = None, sample_rate: int,
-                   features: Features, settings: SoundTraining, seed: int) -> CrossValidation:
+def cross_validate(clips: Sequence[SoundClip], mels: Mapping[Path, torch.Tensor], *, folds: Sequence[int] | None = None,
+                   settings: SoundTraining, seed: int, on_fold: Callable[[FoldResult], None] | None = None
+                   ) -> CrossValidation:
     """Fold cross-validation: for each test fold in `folds` (None: every fold present), a model trained on the others.
 
-    Every split is built and checked before anything trains; log-mels are computed once for all folds.
+    `mels` holds every clip's log-mel by path (clip_log_mels). Every split is built and checked before anything trains;
+    on_fold gets each fold's result as it is scored.
     """
     present = sorted({clip.fold for clip in clips})
     if len(present) < 3:
         raise SoundDatasetError(f"fold cross-validation needs 3 folds (test, validation, train), clips have {present}")
     label_names = class_names(clips)
     rounds = {test_fold: fold_roles(clips, test_fold) for test_fold in (present if folds is None else folds)}
-    mels = clip_log_mels(clips, sample_rate=sample_rate, features=features, min_frames=min_frames(settings.blocks))
     results = []
     for test_fold, (validation_fold, train, validation, test) in rounds.items():
         trained = train_fold(train, validation, mels, n_classes=len(label_names), settings=settings, seed=seed)
         _, _, predictions = score(trained.model, test, mels)
         results.append(FoldResult(test_fold, validation_fold, tuple(train), tuple(validation), tuple(test),
                                   tuple(predictions), trained.best_epoch, len(trained.history)))
+        if on_fold is not None:
+            on_fold(results[-1])
     return CrossValidation(tuple(results), label_names)

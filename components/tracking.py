@@ -45,6 +45,10 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# The keyword track's sections of params.yaml; the other tracks keep theirs inside `asr` and `esc`.
+KWS_SETTINGS = {"dataset", "features", "model", "train", "export", "gate"}
+
+
 @contextmanager
 def training_run(params: Params, run_file: Path, tags: dict[str, str], resume: bool = False
                  ) -> Iterator[mlflow.ActiveRun]:
@@ -58,7 +62,8 @@ def training_run(params: Params, run_file: Path, tags: dict[str, str], resume: b
     same = recorded.get("training_key") == tags.get("training_key")
     with mlflow.start_run(run_id=recorded["run_id"] if same else None, tags=tags) as run:
         # The other track's settings do not shape this model; logged, they would only bury the ones that do.
-        other_track = {"asr"} if params.track == "kws" else {"dataset", "features", "model", "train", "export", "gate"}
+        other_track = {"kws": {"asr", "esc"}, "asr": KWS_SETTINGS | {"esc"},
+                       "esc": KWS_SETTINGS | {"asr", "augment"}}[params.track]
         settings = flatten(params.model_dump(mode="json", exclude={"synthesis", "paths", "tracking", "demo",
                                                                    *other_track}))
         mlflow.log_params({k: str(v)[:6000] for k, v in settings.items()})

@@ -39,11 +39,17 @@ def score(model: torch.nn.Module, mels: torch.Tensor, labels: torch.Tensor, batc
     return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
 
 
+# The settings that shape each track's trained model, as a pydantic `include` of Params.
+TRAINING_SETTINGS = {
+    "kws": {"seed", "features", "augment", "model", "train"},
+    "asr": {"seed": True, "augment": True, "asr": {"features", "model", "train"}},
+    "esc": {"seed": True, "esc": {"sample_rate", "features", "train", "holdout_fold"}},
+}
+
+
 def run_fingerprint(params: Params, data_version: str) -> str:
     """What a checkpoint must match to be resumed: the data and every setting that shapes the track's training."""
-    shaping = ({"seed": True, "augment": True, "asr": {"features", "model", "train"}} if params.track == "asr"
-               else {"seed", "features", "augment", "model", "train"})
-    relevant = params.model_dump(mode="json", include=shaping)
+    relevant = params.model_dump(mode="json", include=TRAINING_SETTINGS[params.track])
     return hashlib.sha256(json.dumps([relevant, data_version], sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -95,8 +95,8 @@ def continuous_training(params_path: str = "params.yaml", drop: str | None = Non
                   "nothing to train")
             return {"outcome": "skipped", "version": str(done.version), "training_key": key}
         current = champion_version(params)
-        # The speech-to-text gate re-scores its champion itself; drift before training is a keyword-track signal.
-        champion = score_champion(params, current, key) if current and params.track == "kws" else None
+        # The speech-to-text gate re-scores its champion itself; drift before training is a classifier signal.
+        champion = score_champion(params, current, key) if current and params.track != "asr" else None
         drift = champion.drift(domain) if champion else {}
         if champion:
             print(f"drift: champion v{champion.version} scores " + ", ".join(f"{k} {v:.2%}" for k, v in drift.items()))

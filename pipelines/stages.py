@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -19,11 +19,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from rich.console import Console
 
-from components.config import Params
+from components.config import Gate, Params
 from components.corpus import synthesize_corpus
 from components.dataset import SHARD_INDEX, SPLITS, AudioError, ClipCache, KwsData, build_dataset, index_speech_commands
 from components.errors import EarshotError
-from components.evaluate import Evaluation, evaluate_predictions, plot_confusion, predict
+from components.evaluate import Evaluation, LabelledClips, evaluate_predictions, plot_confusion, predict
 from components.export import INT8_FILE, ExportReport, ParityError, export_models, onnx_predictions
 from components.features import LogMel
 from components.files import write_csv, write_text_atomically
@@ -216,7 +216,8 @@ def evaluate(params: Params) -> Evaluation:
                                                                     evaluation.predictions, strict=True)],
               ["source", "actual", "predicted"])
     write_text_atomically(reports / "evaluation.md", evaluation.to_markdown())
-    plot_confusion(evaluation, names, reports / "evaluation.png")
+    plot_confusion(evaluation.confusion, names, f"test accuracy {evaluation.accuracy:.1%} on {evaluation.clips} clips",
+                   reports / "evaluation.png")
     with resume_run(params, run_file(params)):
         mlflow.log_metrics({"test_accuracy": evaluation.accuracy}
                            | {f"test_accuracy.{d}": v for d, v in evaluation.per_domain.items()}
@@ -227,19 +228,24 @@ def evaluate(params: Params) -> Evaluation:
 
 
 def export(params: Params) -> ExportReport:
-    """ONNX FP32 and INT8 with a parity check; sizes, latencies and accuracies go to reports/export.json.
-
-    A parity failure is logged like any export, then raised: `dvc repro` stops, the gate records the refusal.
-    """
+    """ONNX FP32 and INT8 with a parity check; sizes, latencies and accuracies go to reports/export.json."""
     model, _ = load_model(model_file(params))
     data = KwsData.load(params.out.features)
     train_mels = data.split("training").mels
     picks = torch.randperm(len(train_mels), generator=torch.Generator().manual_seed(params.seed))
     test = data.split("testing")
+    return record_export(params, lambda: export_models(model, train_mels[picks[: params.export.calibration_clips]],
+                                                       test.mels, test.labels, params.export, params.out.model_dir))
+
+
+def record_export(params: Params, run_export: Callable[[], ExportReport]) -> ExportReport:
+    """Run an export and log its figures and files to the training run, whatever the parity verdict.
+
+    A parity failure is logged like any export, then raised: `dvc repro` stops, the gate records the refusal.
+    """
     failure = None
     try:
-        report = export_models(model, train_mels[picks[: params.export.calibration_clips]], test.mels, test.labels,
-                               params.export, params.out.model_dir)
+        report = run_export()
     except ParityError as err:
         failure, report = err, err.report
     write_json(params.out.reports / "export.json", report.to_dict())
@@ -271,6 +277,17 @@ class ChampionScore:
         return figures
 
 
+def gate_inputs(params: Params) -> tuple[LabelledClips, Gate, Collection[str]]:
+    """What the gate scores challenger and champion on (keywords: the test split; sound events: the holdout fold),
+    its thresholds, and the domains golden clips are drawn from."""
+    if params.track == "esc":
+        from pipelines import sound_stages
+
+        test = sound_stages.gate_test_set(params)
+        return test, params.esc.gate, test.domain_names
+    return KwsData.load(params.out.features).split("testing"), params.gate, params.dataset.domains
+
+
 def champion_version(params: Params) -> str | None:
     current = champion(registry_client(params.mlflow), params.mlflow.registered_model)
     return str(current.version) if current else None
@@ -279,7 +296,7 @@ def champion_version(params: Params) -> str | None:
 def score_champion(params: Params, version: str) -> ChampionScore:
     """Download champion `version`, run its INT8 model on the current test split of every domain."""
     client, name = registry_client(params.mlflow), params.mlflow.registered_model
-    test = KwsData.load(params.out.features).split("testing")
+    test, _, _ = gate_inputs(params)
     with tempfile.TemporaryDirectory() as scratch:
         folder = deployable_files(client, name, version, Path(scratch))
         top1 = onnx_predictions(folder / INT8_FILE, test.mels)
@@ -291,13 +308,13 @@ def score_champion(params: Params, version: str) -> ChampionScore:
 
 def gate(params: Params, new_domain: str | None, champion_score: ChampionScore | None) -> GateReport:
     """Run the regression gate on the exported challenger; write reports/gate.{json,md}; log them to its run."""
-    test = KwsData.load(params.out.features).split("testing")
+    test, thresholds, golden_domains = gate_inputs(params)
     int8 = int8_figures(params)
     golden = {} if champion_score is None else pick_golden(
-        test, champion_score.top1, params.dataset.domains, params.gate.golden_clips, params.seed)
+        test, champion_score.top1, golden_domains, thresholds.golden_clips, params.seed)
     challenger = scored_candidate(onnx_predictions(params.out.model_dir / INT8_FILE, test.mels), test,
                                   int8["agreement_with_torch"], int8["latency_ms_p50"], int8["size_bytes"], golden)
-    report = gate_challenger(challenger, champion_score.candidate if champion_score else None, params.gate,
+    report = gate_challenger(challenger, champion_score.candidate if champion_score else None, thresholds,
                              new_domain, golden)
     reports = params.out.reports
     write_text_atomically(reports / "gate.json", report.to_json())
@@ -404,12 +421,17 @@ def gate_stage(params: Params) -> GateReport:
 
 
 def for_track(name: str) -> Callable[[Params], object]:
-    """The stage `name` of the track params.track selects; both tracks write the outputs dvc.yaml declares."""
+    """The stage `name` of the track params.track selects; every track writes the outputs dvc.yaml declares."""
     def run(params: Params) -> object:
+        # Imported on use: the keyword track does not need the other tracks' modules.
         if params.track == "asr":
-            from pipelines import asr_stages  # imported on use: the keyword track does not need its modules
+            from pipelines import asr_stages
 
             return getattr(asr_stages, name)(params)
+        if params.track == "esc":
+            from pipelines import sound_stages
+
+            return getattr(sound_stages, name)(params)
         return KWS_STAGES[name](params)
 
     run.__name__ = name  # what Prefect names the task after

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from components.export import INPUT, OUTPUT, export_fp32, quantize_int8, single_thread_session
+from components.config import Export
+from components.export import (
+    FP32_FILE,
+    INPUT,
+    INT8_FILE,
+    OUTPUT,
+    export_models,
+    onnx_predictions,
+    single_thread_session,
+)
 from components.model import count_parameters
 from components.sound_model import SoundEventNet, min_frames
 
@@ -70,23 +79,24 @@ def test_more_blocks_than_the_mel_axis_can_halve_are_refused() -> None:
 
 def test_exports_to_fp32_and_int8_onnx_that_take_clips_of_other_lengths(tmp_path: Path) -> None:
     model = trained_looking()
-    fp32, int8 = tmp_path / "model.onnx", tmp_path / "model.int8.onnx"
-    frames = torch.export.Dim("frames", min=min_frames(BLOCKS), max=1 << 14)
-    # Batch 2, so the batch axis is not specialised to 1 either.
-    example = torch.stack([log_mel(100, seed=1), log_mel(100, seed=2)])
-    export_fp32(model, example, fp32, dynamic={0: torch.export.Dim("batch"), 2: frames})
-    # Max-pooling floors the time axis, which ONNX Runtime's symbolic shape inference cannot read.
-    quantize_int8(fp32, [log_mel(n, seed=n)[None] for n in (40, 90, 150, 200, 250)], int8, symbolic_shapes=False)
+    calibration = [log_mel(n, seed=n) for n in (40, 90, 150, 200, 250)]
+    test = [log_mel(n, seed=100 + i) for i, n in enumerate((37, 173, 37, 90))]
+    with torch.no_grad():
+        expected = [model(clip[None]).numpy() for clip in test]
+    labels = torch.tensor([int(logits.argmax()) for logits in expected])
+    report = export_models(model, calibration, test, labels, Export(latency_runs=3, min_parity=0.0), tmp_path,
+                           min_frames=min_frames(BLOCKS))
+    fp32, int8 = tmp_path / FP32_FILE, tmp_path / INT8_FILE
     assert int8.stat().st_size < 0.5 * fp32.stat().st_size
+    # Batched by length inside, reported clip by clip in the order given.
+    assert report.test_clips == 4 and report.variant("onnx_fp32").accuracy == 1.0
+    assert torch.equal(onnx_predictions(fp32, test), labels)
 
     fp32_session, int8_session = single_thread_session(fp32), single_thread_session(int8)
-    for frames in (37, 173):
-        clip = log_mel(frames, seed=100 + frames)[None]
-        with torch.no_grad():
-            expected = model(clip).numpy()
-        exported = fp32_session.run([OUTPUT], {INPUT: clip.numpy()})[0]
-        quantized = int8_session.run([OUTPUT], {INPUT: clip.numpy()})[0]
+    for clip, logits in zip(test, expected, strict=True):
+        exported = fp32_session.run([OUTPUT], {INPUT: clip[None].numpy()})[0]
+        quantized = int8_session.run([OUTPUT], {INPUT: clip[None].numpy()})[0]
         assert exported.shape == quantized.shape == (1, CLASSES)
-        np.testing.assert_allclose(exported, expected, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(exported, logits, atol=1e-4, rtol=0)
         # INT8 follows FP32 to a small share of the logits' spread.
         assert np.abs(quantized - exported).max() < 0.1 * np.ptp(exported)

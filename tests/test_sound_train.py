@@ -50,7 +50,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[SoundClip]:
 
 
 def run(clips: list[SoundClip], folds: list[int], settings: SoundTraining = TINY) -> CrossValidation:
-    return cross_validate(clips, folds=folds, sample_rate=RATE, features=FEATURES, settings=settings, seed=0)
+    mels = clip_log_mels(clips, sample_rate=RATE, features=FEATURES, min_frames=min_frames(settings.blocks))
+    return cross_validate(clips, mels, folds=folds, settings=settings, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_training_runs_with_and_without_mixup_and_the_switch_matters(corpus: lis
     mels = clip_log_mels(train + validation, sample_rate=RATE, features=FEATURES, min_frames=min_frames(TINY.blocks))
     histories = {}
     for switch in (True, False):
-        settings = dataclasses.replace(TINY, epochs=2, mixup=switch)
+        settings = TINY.model_copy(update={"epochs": 2, "mixup": switch})
         trained = train_fold(train, validation, mels, n_classes=10, settings=settings, seed=0)
         assert not trained.model.training and len(trained.history) == 2
         histories[switch] = [epoch["train_loss"] for epoch in trained.history]

@@ -1,0 +1,214 @@
+"""The environmental sound track's stages (`track: esc`), behind the same names and outputs as the keyword stages.
+
+UrbanSound8K's and ESC-50's protocol: the accuracy reported is fold cross-validation. The deployed model trains on
+every fold but a holdout fold, and export, the gate and the champion are all scored on that fold.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.models import infer_signature
+
+from components.config import Params
+from components.errors import EarshotError
+from components.evaluate import evaluate_predictions, plot_confusion
+from components.export import ExportReport, export_models
+from components.files import write_csv, write_text_atomically
+from components.model import count_parameters, save_model
+from components.sound_corpus import DOMAINS_CSV, source_domains, synthesize_urbansound
+from components.sound_data import SoundData, featurize_clips
+from components.sound_events import SoundClip, load_esc50, load_urbansound8k
+from components.sound_model import load_sound_model, min_frames
+from components.sound_train import CrossValidation, FoldResult, cross_validate, fold_roles, score, train_fold
+from components.tracking import resume_run, training_run
+from components.train import run_fingerprint
+from pipelines.stages import console, gate_stage, model_file, record_export, run_file, write_json
+
+FEATURES_FILE = "clips.pt"
+LOADERS = {"urbansound8k": load_urbansound8k, "esc50": load_esc50}
+
+
+def synthesize(params: Params) -> list[SoundClip]:
+    """The procedural UrbanSound8K-layout corpus of esc.corpus, written to the track's synthesis folder."""
+    corpus = params.esc.corpus
+    console.print(f"synthesizing {corpus.clips_per_class} clips per class in {params.synth_root}", highlight=False)
+    return synthesize_urbansound(params.synth_root, clips_per_class=corpus.clips_per_class,
+                                 sample_rate=corpus.sample_rate, seed=params.seed, domains=corpus.domains,
+                                 max_slices_per_source=corpus.max_slices_per_source)
+
+
+def clip_domains(root: Path, clips: list[SoundClip], layout: str) -> list[str]:
+    """Each clip's acoustic domain: from metadata/domains.csv of a synthesized corpus, else the dataset's name."""
+    if not (root / DOMAINS_CSV).is_file():
+        return [layout] * len(clips)
+    by_source = source_domains(root)
+    missing = sorted({clip.source for clip in clips} - set(by_source))
+    if missing:
+        raise EarshotError(f"{root / DOMAINS_CSV}: no domain for source {missing[0]} ({len(missing)} missing)")
+    return [by_source[clip.source] for clip in clips]
+
+
+def featurize(params: Params) -> str:
+    """Read the dataset of esc.layout under esc.root, every row checked; one log-mel per clip; returns its version."""
+    esc = params.esc
+    clips = LOADERS[esc.layout](esc.root)
+    data = featurize_clips(clips, clip_domains(esc.root, clips, esc.layout), sample_rate=esc.sample_rate,
+                           features=esc.features, min_frames=min_frames(esc.train.blocks))
+    data.save(params.out.features / FEATURES_FILE)
+    folds = sorted({clip.fold for clip in clips})
+    console.print(f"featurized {len(clips)} clips of {len(data.label_names)} classes in folds {folds}, domains "
+                  f"{', '.join(data.domain_names)}", highlight=False)
+    return data.version
+
+
+def load_data(params: Params) -> SoundData:
+    return SoundData.load(params.out.features / FEATURES_FILE)
+
+
+def holdout_fold(params: Params, data: SoundData) -> int:
+    present = sorted({clip.fold for clip in data.clips})
+    fold = params.esc.holdout_fold or present[-1]
+    if fold not in present:
+        raise EarshotError(f"esc.holdout_fold: fold {fold} holds no clip; folds present: {present}")
+    return fold
+
+
+def training_key(params: Params) -> str:
+    """The featurized data's version and every setting that shapes training (see stages.training_key)."""
+    return run_fingerprint(params, load_data(params).version)
+
+
+def train(params: Params) -> str:
+    """Train the deployed model on every fold but the holdout (the next fold stops it early); log it to MLflow."""
+    data = load_data(params)
+    esc, out = params.esc, params.out.model_dir
+    torch.set_num_threads(esc.train.threads)
+    holdout = holdout_fold(params, data)
+    validation_fold, train_clips, validation, _ = fold_roles(data.clips, holdout)
+    tags = {"dataset_version": data.version, "track": "esc", "training_key": run_fingerprint(params, data.version),
+            "holdout_fold": str(holdout), "validation_fold": str(validation_fold)}
+    with training_run(params, run_file(params), tags=tags) as run:
+        console.print(f"training on {len(train_clips)} clips; fold {validation_fold} validates, fold {holdout} "
+                      "is held out for export and the gate", highlight=False)
+        trained = train_fold(train_clips, validation, data.mels_by_path, n_classes=len(data.label_names),
+                             settings=esc.train, seed=params.seed, on_epoch=_report_epoch)
+        model = trained.model
+        architecture = esc.train.model_dump(include={"channels", "blocks", "dropout"})
+        card = {"label_names": data.label_names, "domain_names": data.domain_names,
+                "features": esc.features.model_dump(), "model": architecture, "sample_rate": esc.sample_rate,
+                "min_frames": min_frames(esc.train.blocks),
+                "dataset_version": data.version, "run_id": run.info.run_id}
+        save_model(model, model_file(params), card)
+        mlflow.log_artifact(str(model_file(params)), artifact_path="weights")
+        best = trained.history[trained.best_epoch]
+        summary = {"best_epoch": trained.best_epoch, "best_val_accuracy": best["val_accuracy"],
+                   "epochs_run": len(trained.history), "parameters": count_parameters(model),
+                   "train_clips": len(train_clips)}
+        mlflow.log_metrics({"best_val_accuracy": best["val_accuracy"], "parameters": summary["parameters"]})
+        # Batch 2: with one clip torch.export would pin the batch axis to 1.
+        example = data.mels[data.clips.index(validation[0])][None].repeat(2, 1, 1).numpy()
+        with torch.no_grad():
+            signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+        mlflow.pytorch.log_model(model, name="model", input_example=example, signature=signature)
+        write_json(out / "train_metrics.json", summary)
+        write_csv(out / "history.csv", trained.history, list(trained.history[0]))
+        return run.info.run_id
+
+
+def _report_epoch(metrics: dict[str, float]) -> None:
+    mlflow.log_metrics(metrics, step=int(metrics["epoch"]))
+    console.print(f"epoch {int(metrics['epoch']):>3}  loss {metrics['train_loss']:.3f}  "
+                  f"val {metrics['val_accuracy']:.1%}", highlight=False)
+
+
+def _report_fold(fold: FoldResult) -> None:
+    console.print(f"fold {fold.test_fold:>2}: {fold.accuracy:.1%} of {len(fold.test)} clips "
+                  f"(best epoch {fold.best_epoch} of {fold.epochs_run})", highlight=False)
+
+
+def evaluate(params: Params) -> CrossValidation:
+    """Fold cross-validation (esc.cv_folds, all by default) and the deployed model on its holdout fold, per domain.
+
+    Writes per-fold accuracy, mean ± std, per class and per domain, the pooled confusion matrix and every prediction.
+    """
+    data = load_data(params)
+    esc = params.esc
+    torch.set_num_threads(esc.train.threads)
+    console.print(f"cross-validating over folds {esc.cv_folds or 'all'}", highlight=False)
+    cv = cross_validate(data.clips, data.mels_by_path, folds=esc.cv_folds, settings=esc.train, seed=params.seed,
+                        on_fold=_report_fold)
+    tested = [clip for fold in cv.folds for clip in fold.test]
+    pooled = evaluate_predictions(torch.tensor([p for fold in cv.folds for p in fold.predictions]),
+                                  data.subset(tested))
+    model, _ = load_sound_model(model_file(params))
+    holdout = data.subset([clip for clip in data.clips if clip.fold == holdout_fold(params, data)])
+    _, _, top1 = score(model, holdout.clips, data.mels_by_path)
+    deployed = evaluate_predictions(torch.tensor(top1), holdout)
+    metrics = {"mean_accuracy": cv.mean_accuracy, "std_accuracy": cv.std_accuracy,
+               "folds": {str(k): v for k, v in cv.accuracies.items()}, "per_class": cv.per_class_accuracy,
+               "per_domain": pooled.per_domain, "clips": pooled.clips,
+               "holdout": {"fold": holdout_fold(params, data), "accuracy": deployed.accuracy,
+                           "per_domain": deployed.per_domain, "clips": deployed.clips}}
+    reports = params.out.reports
+    write_json(reports / "metrics.json", metrics)
+    domain_of = dict(zip(data.clips, data.clip_domains, strict=True))
+    write_csv(reports / "predictions.csv",
+              [{"fold": fold.test_fold, "file": clip.path.name, "domain": domain_of[clip], "actual": clip.label_name,
+                "predicted": cv.label_names[p]}
+               for fold in cv.folds for clip, p in zip(fold.test, fold.predictions, strict=True)],
+              ["fold", "file", "domain", "actual", "predicted"])
+    write_text_atomically(reports / "evaluation.md", _markdown(cv, pooled.per_domain, metrics["holdout"]))
+    plot_confusion(pooled.confusion, data.label_names,
+                   f"{len(cv.folds)}-fold CV: {cv.mean_accuracy:.1%} ± {cv.std_accuracy:.1%}",
+                   reports / "evaluation.png")
+    with resume_run(params, run_file(params)):
+        mlflow.log_metrics({"cv.mean_accuracy": cv.mean_accuracy, "cv.std_accuracy": cv.std_accuracy,
+                            "holdout.accuracy": deployed.accuracy}
+                           | {f"cv.fold.{k}": v for k, v in cv.accuracies.items()}
+                           | {f"cv.class.{c}": v for c, v in pooled.per_class.items()}
+                           | {f"cv.domain.{d}": v for d, v in pooled.per_domain.items()})
+        for name in ("evaluation.png", "evaluation.md", "metrics.json", "predictions.csv"):
+            mlflow.log_artifact(str(reports / name), artifact_path="evaluation")
+    console.print(f"{len(cv.folds)}-fold cross-validation: {cv.mean_accuracy:.2%} ± {cv.std_accuracy:.2%}; "
+                  f"deployed model on fold {metrics['holdout']['fold']}: {deployed.accuracy:.2%}", highlight=False)
+    return cv
+
+
+def _markdown(cv: CrossValidation, per_domain: dict[str, float], holdout: dict) -> str:
+    lines = [f"## {len(cv.folds)}-fold cross-validation: {cv.mean_accuracy:.2%} ± {cv.std_accuracy:.2%}", "",
+             "| test fold | validation fold | clips | accuracy |", "|---|---|---|---|",
+             *(f"| {f.test_fold} | {f.validation_fold} | {len(f.test)} | {f.accuracy:.2%} |" for f in cv.folds), "",
+             "| class | accuracy (all test folds) |", "|---|---|",
+             *(f"| {c} | {v:.2%} |" for c, v in cv.per_class_accuracy.items()), "",
+             "| domain | accuracy (all test folds) |", "|---|---|",
+             *(f"| {d} | {v:.2%} |" for d, v in per_domain.items()), "",
+             f"## Deployed model on holdout fold {holdout['fold']}: {holdout['accuracy']:.2%} of "
+             f"{holdout['clips']} clips", ""]
+    return "\n".join(lines) + "\n"
+
+
+def export(params: Params) -> ExportReport:
+    """ONNX FP32 and INT8 with a dynamic time axis, calibrated on training clips, scored on the holdout fold."""
+    model, card = load_sound_model(model_file(params))
+    data = load_data(params)
+    _, train_clips, _, _ = fold_roles(data.clips, holdout_fold(params, data))
+    picks = np.random.default_rng(params.seed).permutation(len(train_clips))[: params.esc.export.calibration_clips]
+    calibration = [data.mels_by_path[train_clips[i].path] for i in picks]
+    test = gate_test_set(params)
+    return record_export(params, lambda: export_models(model, calibration, test.mels, test.labels, params.esc.export,
+                                                       params.out.model_dir, min_frames=card["min_frames"]))
+
+
+def gate_test_set(params: Params) -> SoundData:
+    """The holdout fold, which neither the challenger nor (same data, same fold) the champion trained on."""
+    data = load_data(params)
+    fold = holdout_fold(params, data)
+    return data.subset([clip for clip in data.clips if clip.fold == fold])
+
+
+# The keyword gate serves this track as it is: the same checks, on the holdout fold, with esc.gate's thresholds.
+gate = gate_stage
