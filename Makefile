@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test bench asr lint clean
+.PHONY: install demo test bench asr esc lint clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,6 +30,10 @@ bench: install
 asr: install
 	dvc exp run -S track=asr
 	$(PY) benchmarks/asr_latency.py
+
+# Environmental sound classification: `dvc repro` with track esc (fold cross-validation, INT8 export, gate).
+esc: install
+	dvc exp run -S track=esc
 
 lint: install
 	ruff check .

@@ -390,6 +390,10 @@ class Params(Strict):
     def _ranges_are_ordered(self) -> Params:
         ranges = {f"synthesis.domains.{n}.snr_db": r.snr_db for n, r in self.synthesis.domains.items()}
         ranges |= {f"synthesis.domains.{n}.rt60_s": r.rt60_s for n, r in self.synthesis.domains.items()}
+        if self.esc is not None:
+            for name, domain in self.esc.corpus.domains.items():
+                ranges |= {f"esc.corpus.domains.{name}.{key}": getattr(domain, key)
+                           for key in ("snr_db", "rt60_s", "band_hz")}
         ranges["augment.snr_db"] = self.augment.snr_db
         ranges["ingest.min_seconds..max_seconds"] = (self.ingest.min_seconds, self.ingest.max_seconds)
         for key, span in ranges.items():

@@ -50,10 +50,10 @@ def _stage_command(name: str, doc: str) -> None:
 
 
 for _name, _doc in {
-    "synthesize": "Synthesize the track's speech corpus, one folder per acoustic domain.",
-    "featurize": "Decode, label and featurize every clip once into one shard per domain.",
+    "synthesize": "Synthesize the track's corpus (speech, or sound events in the UrbanSound8K layout).",
+    "featurize": "Decode, label and featurize every clip once (keywords and speech: one shard per domain).",
     "train": "Train the track's model and log the run to MLflow.",
-    "evaluate": "Score the model per acoustic domain on the test split (accuracy, or WER and CER).",
+    "evaluate": "Score per acoustic domain: test-split accuracy, WER and CER, or fold cross-validation.",
     "export": "Export ONNX FP32 and INT8, measure parity, size and speed.",
     "gate": "Hold the exported model to the regression gate against the registry's champion.",
 }.items():
@@ -203,10 +203,18 @@ def summary_table(params: Params) -> Table:
     metrics = read_json(reports / "metrics.json")
     exported = read_json(reports / "export.json")
     run = read_json(model_dir / "run.json")
-    table = Table(title="earshot · keyword spotting", show_header=False, title_justify="left")
+    title = {"kws": "keyword spotting", "esc": "environmental sound classification"}[params.track]
+    table = Table(title=f"earshot · {title}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("test accuracy", f"{metrics['accuracy']:.2%} on {metrics['clips']} clips")
+    if params.track == "esc":
+        table.add_row("fold cross-validation", f"{metrics['mean_accuracy']:.2%} ± {metrics['std_accuracy']:.2%} over "
+                                               f"{len(metrics['folds'])} folds ({metrics['clips']} clips)")
+        holdout = metrics["holdout"]
+        table.add_row(f"deployed model, fold {holdout['fold']}",
+                      f"{holdout['accuracy']:.2%} on {holdout['clips']} clips")
+    else:
+        table.add_row("test accuracy", f"{metrics['accuracy']:.2%} on {metrics['clips']} clips")
     for domain, accuracy in metrics["per_domain"].items():
         table.add_row(f"  {domain}", f"{accuracy:.2%}")
     for row in exported["variants"]:

@@ -29,6 +29,10 @@ def test_shipped_params_load_with_three_domains_and_the_12_class_protocol():
         (lambda s: s["augment"].update(noise_probability=1.5), "augment.noise_probability"),
         (lambda s: s["synthesis"]["domains"]["studio_us"].update(snr_db=[40, 30]), "snr_db: low end"),
         (lambda s: s["dataset"].update(words=[True, "up"]), "quote it"),
+        (lambda s: (s.update(track="esc"), s.pop("esc")), "track esc needs an `esc` section"),
+        (lambda s: s["esc"].update(layout="fsd50k"), "esc.layout"),
+        (lambda s: s["esc"]["corpus"].update(sample_rate=4000), "esc.corpus.sample_rate"),
+        (lambda s: s["esc"]["corpus"]["domains"]["car_phone"].update(band_hz=[3400, 300]), "band_hz: low end"),
     ],
 )
 def test_bad_params_give_one_line_naming_file_and_key(tmp_path, change, expected):

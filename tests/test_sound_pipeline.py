@@ -63,6 +63,7 @@ def test_esc_repro_reports_fold_accuracy_exports_int8_and_gates(esc_repo):
                 "reports/esc/evaluation.md", "data/features/esc/clips.pt"):
         assert (esc_repo / out).is_file(), out
     assert "mean_accuracy" in run(["dvc", "metrics", "show", "--json"], esc_repo).stdout
+    assert "fold cross-validation" in run(["earshot", "summary"], esc_repo).stdout
     run_id = json.loads((esc_repo / "models/esc/run.json").read_text())["run_id"]
     logged = mlflow.MlflowClient(tracking_uri=f"sqlite:///{esc_repo / 'mlflow.db'}").get_run(run_id)
     assert logged.data.tags["track"] == "esc" and logged.data.tags["holdout_fold"] == "10"
