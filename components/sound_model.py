@@ -1,7 +1,7 @@
 """The sound-event network: a small 2-D CNN over (mel, time) log-mels, pooled over time, for clips of any length.
 
-Regular 3x3 convolutions (dense GEMMs, which ONNX Runtime speeds up in INT8; its depthwise ones gained nothing on
-AVX2) halve mel and time in every block; mean and max over the real frames make one vector per clip, then a linear head.
+Regular 3x3 convolutions halve mel and time in every block; mean and max over the real frames make one vector per
+clip, then a linear head.
 """
 
 from __future__ import annotations
