@@ -145,7 +145,7 @@ def evaluate(params: Params) -> CrossValidation:
     pooled = evaluate_predictions(torch.tensor([p for fold in cv.folds for p in fold.predictions]),
                                   data.subset(tested))
     model, _ = load_sound_model(model_file(params))
-    holdout = data.subset([clip for clip in data.clips if clip.fold == holdout_fold(params, data)])
+    holdout = holdout_set(params, data)
     _, _, top1 = score(model, holdout.clips, data.mels_by_path)
     deployed = evaluate_predictions(torch.tensor(top1), holdout)
     metrics = {"mean_accuracy": cv.mean_accuracy, "std_accuracy": cv.std_accuracy,
@@ -203,11 +203,14 @@ def export(params: Params) -> ExportReport:
                                                        params.out.model_dir, min_frames=card["min_frames"]))
 
 
-def gate_test_set(params: Params) -> SoundData:
-    """The holdout fold, which neither the challenger nor (same data, same fold) the champion trained on."""
-    data = load_data(params)
+def holdout_set(params: Params, data: SoundData) -> SoundData:
     fold = holdout_fold(params, data)
     return data.subset([clip for clip in data.clips if clip.fold == fold])
+
+
+def gate_test_set(params: Params) -> SoundData:
+    """The holdout fold, which neither the challenger nor (same data, same fold) the champion trained on."""
+    return holdout_set(params, load_data(params))
 
 
 # The keyword gate serves this track as it is: the same checks, on the holdout fold, with esc.gate's thresholds.
