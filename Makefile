@@ -17,8 +17,10 @@ install: $(VENV)/.installed
 demo: install
 	earshot demo
 
+# Two workers, a test file each at a time (module fixtures such as the DVC repos are built once): most tests wait on
+# one core (subprocesses, single-threaded small models), so two files side by side halve the wall time.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: install
 	$(PY) benchmarks/featurize_drop.py

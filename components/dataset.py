@@ -253,7 +253,7 @@ class KwsData:
             return cls.concat([cls.load(path / f"{domain}.pt") for domain in index])
         if not path.is_file():
             raise EarshotError(f"{path}: features not found; run the featurize stage first")
-        return cls(**torch.load(path, weights_only=False))
+        return cls(**torch.load(path, weights_only=True))
 
     @classmethod
     def concat(cls, parts: list[KwsData]) -> KwsData:

@@ -185,9 +185,25 @@ def demo(params: ParamsOption = Path("params.yaml")) -> None:
     steps = run_demo(settings)
     console.print(story_table(steps))
     console.print(stage_table(steps))
-    console.print(f"Runs, gate reports and the registry: .venv/bin/mlflow ui --backend-store-uri "
-                  f"sqlite:///{settings.demo.workspace}/mlflow.db --host 127.0.0.1  → http://127.0.0.1:5000",
+    console.print("Runs, gate reports and the registry: earshot ui --demo  → http://127.0.0.1:5000",
                   soft_wrap=True, highlight=False)
+
+
+@app.command()
+def ui(
+    params: ParamsOption = Path("params.yaml"),
+    host: Annotated[str, typer.Option(help="Interface to listen on: loopback unless you mean to share it.")] = (
+        "127.0.0.1"),
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
+    demo: Annotated[bool, typer.Option("--demo", help="The demo workspace's store instead of the project's.")] = False,
+) -> None:
+    """Start the MLflow UI on the project's store: runs, curves, gate reports, the registry and its champion."""
+    settings = load_params(params)
+    store = f"sqlite:///{settings.demo.workspace}/mlflow.db" if demo else tracking_uri(settings.mlflow)
+    console.print(f"MLflow UI for {store} on http://{host}:{port} (Ctrl-C stops it)", highlight=False)
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    # exec: Ctrl-C and signals reach the server itself, and no earshot process lingers around it.
+    os.execv(mlflow_bin, [str(mlflow_bin), "ui", "--backend-store-uri", store, "--host", host, "--port", str(port)])
 
 
 @app.command()
@@ -221,8 +237,7 @@ def summary_table(params: Params) -> Table:
         table.add_row(row["name"], f"{row['size_bytes'] / 1024:.1f} KiB · {row['latency_ms_p50']:.3f} ms p50 "
                                    f"(1 thread) · accuracy {row['accuracy']:.2%}")
     table.add_row("MLflow run", run["run_id"])
-    table.add_row("MLflow UI", f".venv/bin/mlflow ui --backend-store-uri {tracking_uri(params.mlflow)} "
-                               "--host 127.0.0.1  → http://127.0.0.1:5000")
+    table.add_row("MLflow UI", "earshot ui  → http://127.0.0.1:5000")
     return table
 
 

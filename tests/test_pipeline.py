@@ -6,8 +6,11 @@ import csv
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -85,6 +88,39 @@ def test_training_run_is_in_mlflow_with_data_version_and_model(dvc_repo):
     assert "export.onnx_int8.size_bytes" in logged.data.metrics
     assert len(client.get_metric_history(run_id, "val_accuracy")) >= 1
     assert client.search_logged_models(experiment_ids=[logged.info.experiment_id])
+
+
+def _loopback_listeners(port: int) -> list[str]:
+    """Local addresses (hex, as /proc/net/tcp writes them) of the IPv4 sockets listening on `port`."""
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return [local.split(":")[0] for _, local, _, state, *_ in rows if state == "0A" and int(local.split(":")[1], 16)
+            == port]
+
+
+def test_earshot_ui_serves_the_project_store_on_loopback_only(dvc_repo):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    server = subprocess.Popen(["earshot", "ui", "--port", str(port)], cwd=dvc_repo, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=earshot-kws"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    experiment = json.load(response)["experiment"]
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "earshot ui did not come up"
+                time.sleep(1)
+        assert experiment["name"] == "earshot-kws"
+        assert _loopback_listeners(port) == ["0100007F"]  # 127.0.0.1, and no 0.0.0.0 socket beside it
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_corrupt_audio_stops_featurize_with_one_line_naming_the_file(tmp_path):
