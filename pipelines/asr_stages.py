@@ -13,7 +13,6 @@ from pathlib import Path
 
 import mlflow
 import torch
-from mlflow.models import infer_signature
 
 from components.asr_corpus import synthesize_asr_corpus
 from components.asr_data import AsrData, build_asr_data
@@ -40,7 +39,7 @@ from components.registry import champion, deployable_files, registry_client
 from components.tracking import resume_run, training_run
 from components.train import run_fingerprint
 from components.wer import WerReport, score_transcripts
-from pipelines.stages import console, model_file, read_json, run_file, write_json
+from pipelines.stages import console, model_file, read_json, record_training, run_file, write_json
 
 SHARD_INDEX = "index.json"
 # Logged beside the ONNX files: what a consumer of the exported model needs to feed it and read its output.
@@ -123,12 +122,8 @@ def train(params: Params) -> str:
                    "epochs_run": len(result.history), "parameters": count_parameters(result.model)}
         mlflow.log_metrics({"best_val_wer": result.best_val_wer, "parameters": summary["parameters"]})
         mlflow.set_tag("resumed_from_epoch", str(result.resumed_from_epoch))
-        example = pad_batch(result.model, [data.split("validation").mels[0].float()])
-        with torch.no_grad():
-            signature = infer_signature(example.numpy(), result.model(example).numpy())
-        mlflow.pytorch.log_model(result.model, name="model", input_example=example.numpy(), signature=signature)
-        write_json(out / "train_metrics.json", summary)
-        write_csv(out / "history.csv", result.history, list(result.history[0]))
+        record_training(result.model, pad_batch(result.model, [data.split("validation").mels[0].float()]), summary,
+                        result.history, out)
         return run.info.run_id
 
 

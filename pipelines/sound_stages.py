@@ -11,7 +11,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
-from mlflow.models import infer_signature
 
 from components.config import Params
 from components.errors import EarshotError
@@ -26,7 +25,15 @@ from components.sound_model import load_sound_model, min_frames
 from components.sound_train import CrossValidation, FoldResult, cross_validate, fold_roles, score, train_fold
 from components.tracking import resume_run, training_run
 from components.train import run_fingerprint
-from pipelines.stages import console, gate_stage, model_file, record_export, run_file, write_json
+from pipelines.stages import (
+    console,
+    gate_stage,
+    model_file,
+    record_export,
+    record_training,
+    run_file,
+    write_json,
+)
 
 FEATURES_FILE = "clips.pt"
 LOADERS = {"urbansound8k": load_urbansound8k, "esc50": load_esc50}
@@ -109,13 +116,8 @@ def train(params: Params) -> str:
                    "epochs_run": len(trained.history), "parameters": count_parameters(model),
                    "train_clips": len(train_clips)}
         mlflow.log_metrics({"best_val_accuracy": best["val_accuracy"], "parameters": summary["parameters"]})
-        # Batch 2: with one clip torch.export would pin the batch axis to 1.
-        example = data.mels[data.clips.index(validation[0])][None].repeat(2, 1, 1).numpy()
-        with torch.no_grad():
-            signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
-        mlflow.pytorch.log_model(model, name="model", input_example=example, signature=signature)
-        write_json(out / "train_metrics.json", summary)
-        write_csv(out / "history.csv", trained.history, list(trained.history[0]))
+        example = data.mels[data.clips.index(validation[0])][None].repeat(2, 1, 1)
+        record_training(model, example, summary, trained.history, out)
         return run.info.run_id
 
 

@@ -152,13 +152,19 @@ def train(params: Params) -> str:
                    "epochs_run": len(result.history), "parameters": count_parameters(result.model)}
         mlflow.log_metrics({"best_val_accuracy": result.best_val_accuracy, "parameters": summary["parameters"]})
         mlflow.set_tag("resumed_from_epoch", str(result.resumed_from_epoch))
-        example = data.split("validation").mels[:2].numpy()
-        with torch.no_grad():
-            signature = infer_signature(example, result.model(torch.from_numpy(example)).numpy())
-        mlflow.pytorch.log_model(result.model, name="model", input_example=example, signature=signature)
-        write_json(out / "train_metrics.json", summary)
-        write_csv(out / "history.csv", result.history, list(result.history[0]))
+        record_training(result.model, data.split("validation").mels[:2].float(), summary, result.history, out)
         return run.info.run_id
+
+
+def record_training(model: torch.nn.Module, example: torch.Tensor, summary: dict[str, object],
+                    history: list[dict[str, float]], out: Path) -> None:
+    """Log the trained model with its signature and an input example (MLflow's pt2 format needs one; two clips keep
+    its export from pinning the batch axis to 1); write train_metrics.json and history.csv for DVC."""
+    with torch.no_grad():
+        signature = infer_signature(example.numpy(), model(example).numpy())
+    mlflow.pytorch.log_model(model, name="model", input_example=example.numpy(), signature=signature)
+    write_json(out / "train_metrics.json", summary)
+    write_csv(out / "history.csv", history, list(history[0]))
 
 
 def champion_weights(params: Params, label_names: list[str]) -> tuple[dict[str, torch.Tensor] | None, str]:
