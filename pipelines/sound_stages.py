@@ -200,7 +200,7 @@ def export(params: Params) -> ExportReport:
     _, train_clips, _, _ = fold_roles(data.clips, holdout_fold(params, data))
     picks = np.random.default_rng(params.seed).permutation(len(train_clips))[: params.esc.export.calibration_clips]
     calibration = [data.mels_by_path[train_clips[i].path] for i in picks]
-    test = gate_test_set(params)
+    test = holdout_set(params, data)
     return record_export(params, lambda: export_models(model, calibration, test.mels, test.labels, params.esc.export,
                                                        params.out.model_dir, min_frames=card["min_frames"]))
 
