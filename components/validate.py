@@ -11,6 +11,8 @@ import io
 import logging
 import os
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ FACT_COLUMNS: dict[str, str] = {
 UNREAD: dict[str, object] = {"readable": False, "error": "", "sample_rate": 0, "channels": 0, "duration_s": 0.0,
                              "rms_dbfs": SILENCE_FLOOR_DBFS, "clipping_ratio": 0.0, "finite": True, "sha256": ""}
 FILE_SUITE, DROP_SUITE, DOCS_SITE = "earshot_drop_files", "earshot_drop", "earshot"
+TRAINING_SUITE = "earshot_training_data"
 RESULT_FORMAT = {"result_format": "COMPLETE", "unexpected_index_column_names": ["file"]}
 # An observed "False" alone says little; this fact of the same row says why.
 DETAIL = {"readable": "error", "duplicate": "sha256", "speaker_conflict": "speaker", "label_share": "task_label"}
@@ -140,6 +143,50 @@ def validate_drop(
 
     The label mix is judged over the task's classes (words outside `labels` count as the unknown class).
     """
+    with _suites(docs_dir) as run:
+        per_file = run(FILE_SUITE, _file_expectations(cfg, vocabulary), facts)
+        primary: dict[str, Rejection] = {}
+        for rejection in per_file:
+            primary.setdefault(rejection.file, rejection)
+        accepted = [file for file in facts["file"] if file not in primary]
+        shares = _label_shares(facts, facts["file"].isin(accepted), labels)
+        drop_failures = run(DROP_SUITE, _drop_expectations(cfg), shares)
+    by_row = {file: i for i, file in enumerate(facts["file"])}
+    rejections = sorted(primary.values(), key=lambda r: by_row[r.file])
+    return ValidationReport(rejections, _merged(drop_failures), accepted, Path(docs_dir).resolve())
+
+
+def training_facts(files: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
+    """The probed facts of every distinct file a training set was cut from, beside its label, domain and split.
+
+    `files` has columns file, label, domain, split; a file cut into clips of several splits keeps its first row.
+    """
+    rows = files.drop_duplicates("file").reset_index(drop=True)
+    with Progress(disable=not progress or len(rows) < PROGRESS_MIN_FILES, transient=True) as bar:
+        task = bar.add_task("probing training audio", total=len(rows))
+        facts = []
+        for file in rows["file"]:
+            facts.append(probe_audio(Path(file)))
+            bar.advance(task)
+    probed = pd.DataFrame(facts, columns=list(UNREAD)).astype({k: FACT_COLUMNS[k] for k in UNREAD})
+    return pd.concat([rows[["file", "label", "domain", "split"]].astype("object"), probed], axis=1)
+
+
+def document_training_data(facts: pd.DataFrame, cfg: Ingest, labels: list[str], quiet_labels: set[str],
+                           docs_dir: Path) -> list[Rejection]:
+    """Check the files a model trained on against the ingest thresholds and build their Data Docs into docs_dir.
+
+    Nothing is refused here (the data is already versioned): the failures are evidence for the reviewer, and
+    `quiet_labels` (silence) are exempt from the loudness floor.
+    """
+    with _suites(docs_dir) as run:
+        return run(TRAINING_SUITE, _training_expectations(cfg, labels, sorted(set(facts["domain"])), quiet_labels),
+                   facts)
+
+
+@contextmanager
+def _suites(docs_dir: Path) -> Iterator[Callable[[str, list, pd.DataFrame], list[Rejection]]]:
+    """An ephemeral GX context whose suites run on data frames; its Data Docs site is built into docs_dir on exit."""
     # GX reads this on import, and its import costs seconds, so only validation pays for it.
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
@@ -150,9 +197,9 @@ def validate_drop(
     )
 
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
-    docs_dir = Path(docs_dir).resolve()
     site = {"class_name": "SiteBuilder", "show_how_to_buttons": False,
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                              "base_directory": str(Path(docs_dir).resolve())},
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}}
     config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
                                data_docs_sites={DOCS_SITE: site}, analytics_enabled=False,
@@ -160,8 +207,8 @@ def validate_drop(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         context = gx.get_context(mode="ephemeral", project_config=config)
-        batch = (context.data_sources.add_pandas("drop").add_dataframe_asset("facts")
-                 .add_batch_definition_whole_dataframe("whole drop"))
+        batch = (context.data_sources.add_pandas("earshot").add_dataframe_asset("facts")
+                 .add_batch_definition_whole_dataframe("whole frame"))
 
         def run(name: str, expectations: list, frame: pd.DataFrame) -> list[Rejection]:
             suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
@@ -171,17 +218,8 @@ def validate_drop(
             order = [expectation.id for expectation in suite.expectations]
             return _failures(sorted(result.results, key=lambda r: order.index(r.expectation_config.id)), frame)
 
-        per_file = run(FILE_SUITE, _file_expectations(cfg, vocabulary), facts)
-        primary: dict[str, Rejection] = {}
-        for rejection in per_file:
-            primary.setdefault(rejection.file, rejection)
-        accepted = [file for file in facts["file"] if file not in primary]
-        shares = _label_shares(facts, facts["file"].isin(accepted), labels)
-        drop_failures = run(DROP_SUITE, _drop_expectations(cfg), shares)
+        yield run
         context.build_data_docs(site_names=[DOCS_SITE])
-    by_row = {file: i for i, file in enumerate(facts["file"])}
-    rejections = sorted(primary.values(), key=lambda r: by_row[r.file])
-    return ValidationReport(rejections, _merged(drop_failures), accepted, docs_dir)
 
 
 def _file_expectations(cfg: Ingest, vocabulary: set[str]) -> list:
@@ -217,6 +255,27 @@ def _drop_expectations(cfg: Ingest) -> list:
     ]
 
 
+def _training_expectations(cfg: Ingest, labels: list[str], domains: list[str], quiet_labels: set[str]) -> list:
+    """What training relied on: every file still decodes to finite samples, loud enough and unclipped, no file twice,
+    every class and domain present."""
+    import great_expectations.expectations as gxe
+    from great_expectations.expectations.row_conditions import Column
+
+    decoded = Column("readable") == True  # noqa: E712
+    clean = decoded & (Column("finite") == True)  # noqa: E712
+    heard = clean & Column("label").is_not_in(sorted(quiet_labels)) if quiet_labels else clean
+    return [
+        gxe.ExpectColumnValuesToBeInSet(column="readable", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="finite", value_set=[True], row_condition=decoded),
+        gxe.ExpectColumnValuesToBeBetween(column="rms_dbfs", min_value=cfg.min_rms_dbfs, row_condition=heard),
+        gxe.ExpectColumnValuesToBeBetween(column="clipping_ratio", max_value=cfg.max_clipping_ratio,
+                                          row_condition=clean),
+        gxe.ExpectColumnValuesToBeUnique(column="sha256", row_condition=decoded),
+        gxe.ExpectColumnDistinctValuesToEqualSet(column="label", value_set=labels),
+        gxe.ExpectColumnDistinctValuesToEqualSet(column="domain", value_set=domains),
+    ]
+
+
 def _label_shares(facts: pd.DataFrame, passed: pd.Series, labels: list[str]) -> pd.DataFrame:
     """Each passing row's task class and the share of passing rows in it; NaN (which GX skips) elsewhere."""
     task_label = facts["label"].where(facts["label"].isin(labels), UNKNOWN)
@@ -226,7 +285,8 @@ def _label_shares(facts: pd.DataFrame, passed: pd.Series, labels: list[str]) -> 
 
 
 def _failures(results: list, frame: pd.DataFrame) -> list[Rejection]:
-    """One Rejection per failing row (or per table expectation); ValidationError if an expectation could not run."""
+    """One Rejection per failing row (or per table or whole-column expectation); ValidationError if an expectation
+    could not run."""
     failures = []
     for result in results:
         config = result.expectation_config
@@ -239,7 +299,7 @@ def _failures(results: list, frame: pd.DataFrame) -> list[Rejection]:
                 raise ValidationError(f"{name} could not be evaluated: {error.get('exception_message')}")
         if result.success:
             continue
-        if column is None:
+        if "unexpected_index_list" not in result.result:  # a table or whole-column expectation
             failures.append(Rejection("*", name, str(result.result.get("observed_value"))))
             continue
         detail = dict(zip(frame["file"], frame[DETAIL[column]], strict=True)) if column in DETAIL else {}

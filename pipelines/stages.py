@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import tempfile
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from functools import partial
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
@@ -21,7 +23,16 @@ from rich.console import Console
 
 from components.config import Gate, Params
 from components.corpus import synthesize_corpus
-from components.dataset import SHARD_INDEX, SPLITS, AudioError, ClipCache, KwsData, build_dataset, index_speech_commands
+from components.dataset import (
+    SHARD_INDEX,
+    SILENCE,
+    SPLITS,
+    AudioError,
+    ClipCache,
+    KwsData,
+    build_dataset,
+    index_speech_commands,
+)
 from components.errors import EarshotError
 from components.evaluate import Evaluation, LabelledClips, evaluate_predictions, plot_confusion, predict
 from components.export import INT8_FILE, ExportReport, ParityError, export_models, onnx_predictions
@@ -39,14 +50,17 @@ from components.registry import (
     registry_client,
     reject,
 )
+from components.review import ReviewClip, pick_mistakes, plot_domain_comparison, write_review_clips
 from components.tracking import resume_run, training_run, use_store
 from components.train import run_fingerprint, teacher_params, train_model
+from components.validate import document_training_data, training_facts
 from components.versioning import commit_data_version, git_commit
 
 console = Console()
 
 
 MODEL_FILE = "model.pt"
+DOMAIN_CHART = "domains.png"  # per-domain bars, challenger beside champion
 
 
 def model_file(params: Params) -> Path:
@@ -139,6 +153,7 @@ def train(params: Params) -> str:
     with training_run(params, run_file(params), tags=tags, resume=checkpoint.is_file()) as run:
         weights, origin = champion_weights(params, data.label_names)
         mlflow.set_tag("warm_start", origin)
+        record_data_docs(params, _files(data), data.label_names, {SILENCE})
         teacher = _train_teacher(data, params)
         result = train_model(data, params, checkpoint=checkpoint, on_epoch=_report_epoch, initial_weights=weights,
                              teacher=teacher)
@@ -165,6 +180,38 @@ def record_training(model: torch.nn.Module, example: torch.Tensor, summary: dict
     mlflow.pytorch.log_model(model, name="model", input_example=example.numpy(), signature=signature)
     write_json(out / "train_metrics.json", summary)
     write_csv(out / "history.csv", history, list(history[0]))
+
+
+def record_data_docs(params: Params, files: pd.DataFrame, labels: list[str], quiet_labels: set[str]) -> None:
+    """Check the files this run trains on (columns file, label, domain, split) with Great Expectations and log the
+    Data Docs to the run as `data_docs/`, so a reviewer sees what the model learned from."""
+    docs = params.out.reports / "data_docs"
+    shutil.rmtree(docs, ignore_errors=True)
+    facts = training_facts(files)
+    failures = document_training_data(facts, params.ingest, labels, quiet_labels, docs)
+    mlflow.log_artifacts(str(docs), artifact_path="data_docs")
+    mlflow.log_metrics({"data.files": len(facts), "data.expectation_failures": len(failures)})
+    for failure in failures[:3]:
+        console.print(f"data docs: {failure.file}: {failure.expectation} observed {failure.observed}", highlight=False)
+
+
+def _files(data: KwsData) -> pd.DataFrame:
+    """The file behind every clip (silence: the background file it was cut from) with its label, domain, split."""
+    labels = [data.label_names[i] for i in data.labels]
+    return pd.DataFrame({"file": [source.rsplit("@", 1)[0] if label == SILENCE else source
+                                  for source, label in zip(data.sources, labels, strict=True)],
+                         "label": labels, "domain": [data.domain_names[i] for i in data.domains],
+                         "split": [SPLITS[i] for i in data.splits]})
+
+
+def record_mistakes(params: Params, clips: list[ReviewClip]) -> None:
+    """Write a few misclassified clips (audio + log-mel image) to reports/<track>/misclassified and log them to the
+    open run as `review/misclassified/`."""
+    folder = params.out.reports / "misclassified"
+    shutil.rmtree(folder, ignore_errors=True)
+    write_review_clips(clips, folder)
+    if clips:
+        mlflow.log_artifacts(str(folder), artifact_path="review/misclassified")
 
 
 def champion_weights(params: Params, label_names: list[str]) -> tuple[dict[str, torch.Tensor] | None, str]:
@@ -230,6 +277,11 @@ def evaluate(params: Params) -> Evaluation:
                            | {f"test_accuracy.class.{c}": v for c, v in evaluation.per_class.items()})
         for name in ("evaluation.png", "evaluation.md", "metrics.json"):
             mlflow.log_artifact(str(reports / name), artifact_path="evaluation")
+        record_mistakes(params, [
+            ReviewClip(test.waves[row].float().numpy() / 32768, params.dataset.sample_rate, test.mels[row],
+                       names[test.labels[row]], names[evaluation.predictions[row]],
+                       test.domain_names[test.domains[row]], test.sources[row])
+            for row in pick_mistakes(evaluation.predictions, test, params.seed)])
     return evaluation
 
 
@@ -325,9 +377,11 @@ def gate(params: Params, new_domain: str | None, champion_score: ChampionScore |
     reports = params.out.reports
     write_text_atomically(reports / "gate.json", report.to_json())
     write_text_atomically(reports / "gate.md", report.to_markdown())
+    plot_gate_domains(params, report, "INT8 accuracy", challenger.per_domain,
+                      (champion_score.version, champion_score.candidate.per_domain) if champion_score else None)
     with resume_run(params, run_file(params)):
-        mlflow.log_artifact(str(reports / "gate.json"), artifact_path="gate")
-        mlflow.log_artifact(str(reports / "gate.md"), artifact_path="gate")
+        for name in ("gate.json", "gate.md", DOMAIN_CHART):
+            mlflow.log_artifact(str(reports / name), artifact_path="gate")
         mlflow.log_metrics({"gate.passed": float(report.passed)}
                            | {f"int8.test_accuracy.{d}": v for d, v in challenger.per_domain.items()})
         if champion_score is not None:
@@ -337,6 +391,15 @@ def gate(params: Params, new_domain: str | None, champion_score: ChampionScore |
                                | {f"champion.test_accuracy.{d}": v
                                   for d, v in champion_score.candidate.per_domain.items()})
     return report
+
+
+def plot_gate_domains(params: Params, report: GateReport, metric: str, challenger: dict[str, float],
+                      champion_figures: tuple[str, dict[str, float]] | None) -> None:
+    """reports/<track>/domains.png: the challenger beside the champion (version, per-domain figures) per domain."""
+    against = f"champion v{champion_figures[0]}" if champion_figures else "no champion yet"
+    plot_domain_comparison(challenger, champion_figures[1] if champion_figures else None, metric,
+                           f"challenger vs {against}: gate {'passed' if report.passed else 'refused'}",
+                           params.out.reports / DOMAIN_CHART)
 
 
 @dataclass(frozen=True)
@@ -350,15 +413,17 @@ def decide(params: Params, report: GateReport, new_domain: str | None) -> Decisi
     """Register the challenger with its model card; a pass becomes champion, a refusal keeps its reasons."""
     client, name = registry_client(params.mlflow), params.mlflow.registered_model
     run_id = json.loads(run_file(params).read_text())["run_id"]
-    run_tags = client.get_run(run_id).data.tags
+    run = client.get_run(run_id).data
     figures, summary = (_transcriber_figures if params.track == "asr" else _keyword_figures)(params)
-    tags = {"gate": "passed" if report.passed else "refused", "training_key": run_tags["training_key"],
-            "track": params.track, "dataset_version": run_tags["dataset_version"],
-            "ingested_data_version": run_tags.get("ingested_data_version", "none"),
+    tags = {"gate": "passed" if report.passed else "refused", "training_key": run.tags["training_key"],
+            "track": params.track, "dataset_version": run.tags["dataset_version"],
+            "ingested_data_version": run.tags.get("ingested_data_version", "none"),
             "git_commit": git_commit(Path.cwd()), "new_domain": new_domain or ""} | figures
+    domains = torch.load(model_file(params), weights_only=True)["card"]["domain_names"]
     card = "\n".join([f"{params.track} model trained in run `{run_id}` on data version `{tags['dataset_version']}` "
                       f"(ingested data `{tags['ingested_data_version']}`, git `{tags['git_commit']}`).", "",
-                      summary, "", report.to_markdown()])
+                      f"Acoustic domains: {', '.join(domains)}.", "", *_card_metrics(run.metrics),
+                      "", summary, "", report.to_markdown()])
     version = str(register_candidate(client, name, run_id, f"runs:/{run_id}/export", tags, card).version)
     if report.passed:
         promote(client, name, version, reason=f"gate passed (new domain: {new_domain or 'none'})")
@@ -366,6 +431,13 @@ def decide(params: Params, report: GateReport, new_domain: str | None) -> Decisi
     reject(client, name, version, [f"{c.name}: {c.observed} (needs {c.threshold})" for c in report.failures])
     alias = next(a for a in client.get_model_version(name, version).aliases if a.startswith("rejected-"))
     return Decision(version, False, alias)
+
+
+def _card_metrics(metrics: dict[str, float]) -> list[str]:
+    """The run's test figures (overall and per domain; not per class or fold) as a Markdown table for the card."""
+    shown = sorted(k for k in metrics if k.startswith(("test_", "cv.mean", "cv.std", "cv.domain.", "holdout."))
+                   and ".class." not in k)
+    return ["| metric | value |", "|---|---|", *(f"| {k} | {metrics[k]:.2%} |" for k in shown)]
 
 
 def _keyword_figures(params: Params) -> tuple[dict[str, str], str]:

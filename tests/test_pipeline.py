@@ -19,6 +19,7 @@ import yaml
 
 from components.config import Params
 from components.dataset import KwsData
+from components.review import MISTAKES
 from tests.conftest import PROJECT, tiny_settings, write_tree
 
 BIN = Path(sys.executable).parent
@@ -88,6 +89,23 @@ def test_training_run_is_in_mlflow_with_data_version_and_model(dvc_repo):
     assert "export.onnx_int8.size_bytes" in logged.data.metrics
     assert len(client.get_metric_history(run_id, "val_accuracy")) >= 1
     assert client.search_logged_models(experiment_ids=[logged.info.experiment_id])
+
+
+def test_training_run_holds_what_a_reviewer_needs(dvc_repo):
+    run_id = json.loads((dvc_repo / "models/kws/run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{dvc_repo / 'mlflow.db'}")
+
+    def files(folder: str) -> set[str]:
+        return {Path(f.path).name for f in client.list_artifacts(run_id, folder)}
+
+    assert {"domains.png", "gate.md", "gate.json"} <= files("gate")
+    assert "index.html" in files("data_docs")
+    assert client.get_run(run_id).data.metrics["data.files"] > 0
+    with (dvc_repo / "reports/kws/predictions.csv").open() as rows:
+        wrong = sum(row["actual"] != row["predicted"] for row in csv.DictReader(rows))
+    heard = files("review/misclassified")
+    assert len(heard) == 2 * min(wrong, MISTAKES)
+    assert {Path(name).suffix for name in heard} <= {".wav", ".png"}
 
 
 def _loopback_listeners(port: int) -> list[str]:
