@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import torch
 
 from components.asr_corpus import synthesize_asr_corpus
@@ -28,18 +29,33 @@ from components.asr_model import Transcriber, load_transcriber, pad_batch
 from components.asr_train import train_transcriber
 from components.config import AsrModel, Params
 from components.ctc import BeamDecoder
-from components.dataset import SPLITS
+from components.dataset import SPLITS, read_audio
 from components.errors import EarshotError
 from components.evaluate import plot_domain_wer
 from components.export import INT8_FILE
 from components.files import write_csv, write_text_atomically
 from components.gate import GateReport, TranscriberCandidate, gate_transcriber
+from components.librispeech import index_librispeech
 from components.model import count_parameters, save_model
 from components.registry import champion, deployable_files, registry_client
+from components.review import MISTAKES, ReviewClip
 from components.tracking import resume_run, training_run
 from components.train import run_fingerprint
 from components.wer import WerReport, score_transcripts
-from pipelines.stages import console, model_file, read_json, record_training, run_file, write_json
+from pipelines.stages import (
+    DOMAIN_CHART,
+    console,
+    model_file,
+    plot_gate_domains,
+    read_json,
+    record_data_docs,
+    record_mistakes,
+    record_training,
+    run_file,
+    write_json,
+)
+
+UTTERANCE = "utterance"  # the one label of a speech-to-text data set, for its Data Docs
 
 SHARD_INDEX = "index.json"
 # Logged beside the ONNX files: what a consumer of the exported model needs to feed it and read its output.
@@ -89,6 +105,14 @@ def load_data(params: Params) -> AsrData:
     return AsrData.concat([AsrData.load(out / f"{domain}.pt") for domain in index])
 
 
+def utterance_files(params: Params) -> pd.DataFrame:
+    """Every utterance file of every domain's subsets, with its id, domain and split (label: `utterance`)."""
+    rows = [{"file": str(u.path), "id": u.id, "label": UTTERANCE, "domain": domain, "split": split}
+            for domain, folder in params.asr.domains.items() for split in SPLITS
+            for u in index_librispeech(Path(folder) / getattr(params.asr.subsets, split))]
+    return pd.DataFrame(rows, columns=["file", "id", "label", "domain", "split"])
+
+
 def lexicon(data: AsrData) -> list[str]:
     """The words the model may spell with a lexicon: every word of the training and validation transcripts."""
     heard = [t for t, s in zip(data.texts, data.splits.tolist(), strict=True) if s != SPLITS.index("testing")]
@@ -112,6 +136,7 @@ def train(params: Params) -> str:
     key = run_fingerprint(params, data.version)
     tags = {"dataset_version": data.version, "track": "asr", "training_key": key}
     with training_run(params, run_file(params), tags=tags, resume=checkpoint.is_file()) as run:
+        record_data_docs(params, utterance_files(params), [UTTERANCE], set())
         result = train_transcriber(data, params, checkpoint=checkpoint, on_epoch=_report_epoch)
         card = {"features": params.asr.features.model_dump(), "model": params.asr.model.model_dump(),
                 "sample_rate": params.asr.sample_rate, "vocabulary": lexicon(data), "domain_names": data.domain_names,
@@ -154,9 +179,19 @@ def evaluate(params: Params) -> WerReport:
                            | {f"test_cer.{d}": w.cer for d, w in report.per_domain.items()})
         for name in ("evaluation.png", "evaluation.md", "metrics.json", "predictions.csv"):
             mlflow.log_artifact(str(reports / name), artifact_path="evaluation")
+        record_mistakes(params, _worst_clips(params, test, report))
     console.print(f"test WER {report.wer:.2%} (CER {report.cer:.2%}) on {report.utterances} utterances: "
                   + ", ".join(f"{d} {w.wer:.2%}" for d, w in report.per_domain.items()), highlight=False)
     return report
+
+
+def _worst_clips(params: Params, test: AsrData, report: WerReport) -> list[ReviewClip]:
+    """The worst-recognised test utterances (WER > 0) with their audio and log-mel, for the reviewer to hear."""
+    files = utterance_files(params).set_index("id")["file"]
+    rows = {utterance_id: i for i, utterance_id in enumerate(test.ids)}
+    return [ReviewClip(read_audio(Path(files[w.id]), params.asr.sample_rate)[0], params.asr.sample_rate,
+                       test.mels[rows[w.id]], w.reference, w.hypothesis, w.domain, files[w.id])
+            for w in report.worst[:MISTAKES] if w.wer > 0]
 
 
 def export(params: Params) -> TranscriberExport:
@@ -209,13 +244,16 @@ def score_champion(params: Params) -> tuple[str, TranscriberCandidate] | None:
 def gate(params: Params, new_domain: str | None = None) -> GateReport:
     """The WER gate against the current champion; writes reports/asr/gate.{json,md} and logs them to the run."""
     scored = score_champion(params)
-    report = gate_transcriber(challenger(params), scored[1] if scored else None, params.asr.gate, new_domain)
+    candidate = challenger(params)
+    report = gate_transcriber(candidate, scored[1] if scored else None, params.asr.gate, new_domain)
     reports = params.out.reports
     write_text_atomically(reports / "gate.json", report.to_json())
     write_text_atomically(reports / "gate.md", report.to_markdown())
+    plot_gate_domains(params, report, "INT8 WER", candidate.per_domain,
+                      (scored[0], scored[1].per_domain) if scored else None)
     with resume_run(params, run_file(params)):
-        mlflow.log_artifact(str(reports / "gate.json"), artifact_path="gate")
-        mlflow.log_artifact(str(reports / "gate.md"), artifact_path="gate")
+        for name in ("gate.json", "gate.md", DOMAIN_CHART):
+            mlflow.log_artifact(str(reports / name), artifact_path="gate")
         mlflow.log_metric("gate.passed", float(report.passed))
         if scored is not None:
             mlflow.set_tag("champion_version", scored[0])

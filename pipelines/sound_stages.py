@@ -10,14 +10,17 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 
 from components.config import Params
+from components.dataset import read_audio
 from components.errors import EarshotError
 from components.evaluate import evaluate_predictions, plot_confusion
 from components.export import ExportReport, export_models
 from components.files import write_csv, write_text_atomically
 from components.model import count_parameters, save_model
+from components.review import ReviewClip, pick_mistakes
 from components.sound_corpus import DOMAINS_CSV, source_domains, synthesize_urbansound
 from components.sound_data import SoundData, featurize_clips
 from components.sound_events import SoundClip, load_esc50, load_urbansound8k
@@ -29,7 +32,9 @@ from pipelines.stages import (
     console,
     gate_stage,
     model_file,
+    record_data_docs,
     record_export,
+    record_mistakes,
     record_training,
     run_file,
     write_json,
@@ -101,6 +106,11 @@ def train(params: Params) -> str:
     with training_run(params, run_file(params), tags=tags) as run:
         console.print(f"training on {len(train_clips)} clips; fold {validation_fold} validates, fold {holdout} "
                       "is held out for export and the gate", highlight=False)
+        role = {holdout: "holdout", validation_fold: "validation"}
+        record_data_docs(params, pd.DataFrame({
+            "file": [str(clip.path) for clip in data.clips], "label": [clip.label_name for clip in data.clips],
+            "domain": list(data.clip_domains), "split": [role.get(clip.fold, "training") for clip in data.clips]}),
+            data.label_names, set())
         trained = train_fold(train_clips, validation, data.mels_by_path, n_classes=len(data.label_names),
                              settings=esc.train, seed=params.seed, on_epoch=_report_epoch)
         model = trained.model
@@ -175,6 +185,11 @@ def evaluate(params: Params) -> CrossValidation:
                            | {f"cv.domain.{d}": v for d, v in pooled.per_domain.items()})
         for name in ("evaluation.png", "evaluation.md", "metrics.json", "predictions.csv"):
             mlflow.log_artifact(str(reports / name), artifact_path="evaluation")
+        record_mistakes(params, [
+            ReviewClip(read_audio(tested[row].path, esc.sample_rate)[0], esc.sample_rate,
+                       data.mels_by_path[tested[row].path], tested[row].label_name,
+                       cv.label_names[pooled.predictions[row]], domain_of[tested[row]], str(tested[row].path))
+            for row in pick_mistakes(pooled.predictions, data.subset(tested), params.seed)])
     console.print(f"{len(cv.folds)}-fold cross-validation: {cv.mean_accuracy:.2%} ± {cv.std_accuracy:.2%}; "
                   f"deployed model on fold {metrics['holdout']['fold']}: {deployed.accuracy:.2%}", highlight=False)
     return cv
