@@ -126,6 +126,13 @@ class Train(Strict):
     distill: Distill = Distill()
 
 
+class Distributed(Strict):
+    """How the keyword model's training runs, not what it learns: data-parallel processes on this machine
+    (torch.distributed, gloo on CPU, NCCL on GPUs), each on its share of every batch (docs/scaling.md)."""
+
+    nproc: PositiveInt = 1
+
+
 class Export(Strict):
     calibration_clips: PositiveInt = 256
     min_parity: Annotated[float, Field(ge=0.0, le=1.0)] = 0.99
@@ -348,6 +355,7 @@ class Params(Strict):
     augment: Augment = Augment()
     model: Model = Model()
     train: Train = Train()
+    distributed: Distributed = Distributed()
     export: Export = Export()
     ingest: Ingest = Ingest()
     gate: Gate = Gate()

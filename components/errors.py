@@ -10,5 +10,9 @@ class EarshotError(Exception):
     A file name or cell holding a newline must not break that line, so control characters are escaped.
     """
 
+    # Bad input or a refused model fails the same way however often it is retried; a subclass for a fault that
+    # may pass (a store that is down) sets this, and the flows retry it later.
+    transient = False
+
     def __init__(self, message: str, *args: object) -> None:
         super().__init__(str(message).translate(_ESCAPED), *args)

@@ -12,7 +12,8 @@ import itertools
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -101,6 +102,19 @@ class ExportReport:
                 "test_clips": self.test_clips, "calibration_clips": self.calibration_clips}
 
 
+@contextmanager
+def _publishing(path: Path) -> Iterator[Path]:
+    """A temporary file beside `path` to write, renamed over `path` only once complete (killed or failed: never).
+
+    A failed write (full disk, quota, file size limit) is one line naming the file instead of a bare OSError.
+    """
+    try:
+        with atomic_path(path) as partial:
+            yield partial
+    except OSError as err:
+        raise EarshotError(f"{path}: not written ({err.strerror or err}); nothing was published there") from err
+
+
 def export_fp32(model: torch.nn.Module, example: torch.Tensor, path: Path, output: str = OUTPUT,
                 dynamic: dict[int, torch.export.Dim] | None = None) -> None:
     """Write `model` (eval mode) as one self-contained ONNX file with dynamic axes (default: batch), then check it.
@@ -120,7 +134,7 @@ def export_fp32(model: torch.nn.Module, example: torch.Tensor, path: Path, outpu
     # Per-node stack traces carry this checkout's absolute paths: a leak, and a third of a small model's bytes.
     for node in program.model.graph:
         node.metadata_props.clear()
-    with atomic_path(path) as tmp:
+    with _publishing(path) as tmp:
         program.save(tmp, external_data=False)
         onnx.checker.check_model(tmp, full_check=True)
 
@@ -144,7 +158,7 @@ def quantize_int8(fp32_path: Path, calibration: Iterable[torch.Tensor], path: Pa
 
     U8 activations with MinMax ranges, S8 weights reduced to 7 bits: accurate on every CPU, VNNI or not.
     """
-    with tempfile.TemporaryDirectory(prefix="earshot-quant-") as scratch, atomic_path(path) as tmp:
+    with tempfile.TemporaryDirectory(prefix="earshot-quant-") as scratch, _publishing(path) as tmp:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(fp32_path, prepared, skip_symbolic_shape=not symbolic_shapes)
         quantize_static(

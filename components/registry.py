@@ -120,7 +120,7 @@ def promote(client: MlflowClient, name: str, version: str, reason: str) -> Promo
 
     The old champion gets `previous` before `champion` moves (one overwriting call), so that the registry is
     never without a champion, even if the process dies between the two writes. Tags the version `promoted_at`
-    and records the event.
+    and records the event, last: a promotion the log lacks is unfinished (see finish_decision).
     """
     version = str(version)
     current = _aliases(client, name).get(CHAMPION)
@@ -132,15 +132,22 @@ def promote(client: MlflowClient, name: str, version: str, reason: str) -> Promo
     if current is not None:
         client.set_registered_model_alias(name, PREVIOUS, current)
     client.set_registered_model_alias(name, CHAMPION, version)
+    return _crowned(client, name, version, current or "", reason, at)
+
+
+def _crowned(client: MlflowClient, name: str, version: str, replaced: str, reason: str,
+             at: datetime) -> PromotionEvent:
+    """What follows `champion` moving to `version`: its `promoted_at` tag, then the promotion log's record."""
     client.set_model_version_tag(name, version, "promoted_at", _seconds(at))
-    return _record(client, name, "promote", version, current or "", reason, at)
+    return _record(client, name, "promote", version, replaced, reason, at)
 
 
 def reject(client: MlflowClient, name: str, version: str, failures: list[str]) -> PromotionEvent:
     """Mark a refused challenger with alias `rejected-YYYYMMDD-HHMMSS` (UTC) and tags gate=refused, gate_failures.
 
-    The alias gets -2, -3... when taken, as two refusals can fall in one second. Never touches champion or
-    previous, and refuses to mark the champion, which must always point at a passed version. Records the event.
+    The alias gets -2, -3... when taken, as two refusals can fall in one second; a version that already holds one
+    (its rejection was killed midway) keeps it. Never touches champion or previous, and refuses to mark the
+    champion, which must always point at a passed version. Records the event, last.
     """
     version = str(version)
     _version(client, name, version)
@@ -149,8 +156,9 @@ def reject(client: MlflowClient, name: str, version: str, failures: list[str]) -
         raise PromotionError(f"model {name!r} version {version}: is the champion; promote or roll back first")
     at = _now()
     base = f"rejected-{at:%Y%m%d-%H%M%S}"
-    alias, n = base, 2
-    while alias in aliases:
+    held = [a for a, v in aliases.items() if v == version and a.startswith("rejected-")]
+    alias, n = (held[0] if held else base), 2
+    while aliases.get(alias, version) != version:
         alias, n = f"{base}-{n}", n + 1
     failed = "; ".join(failures)[:MAX_TEXT]
     client.set_registered_model_alias(name, alias, version)
@@ -181,6 +189,33 @@ def rollback(client: MlflowClient, name: str, reason: str) -> PromotionEvent:
     else:
         client.delete_registered_model_alias(name, PREVIOUS)
     return _record(client, name, "rollback", restored, aliases.get(CHAMPION, ""), reason, at)
+
+
+def finish_decision(client: MlflowClient, name: str, version: ModelVersion) -> str:
+    """Finish the promotion or rejection of a gated version that a killed process left midway; say what was done.
+
+    A decision is finished once the promotion log records it, as that is written last. A passed version is
+    promoted unless a newer version became champion since; a refused one gets its rejected-* alias. "" if the
+    decision was complete (or the version carries no gate verdict).
+    """
+    number, gate = str(version.version), version.tags.get("gate")
+    finished = {"passed": {"promote", "rollback"}, "refused": {"reject"}}.get(gate)
+    if finished is None or any(e.version == number and e.action in finished for e in promotion_log(client, name)):
+        return ""
+    where = f"model {name!r} version {number}"
+    if gate == "refused":
+        reject(client, name, number, [version.tags.get("gate_failures") or "see the gate report in its model card"])
+        return f"{where}: refused by the gate, its rejection was interrupted; finished it now"
+    aliases = _aliases(client, name)
+    current = aliases.get(CHAMPION)
+    reason = "gate passed (promotion finished after an interrupted run)"
+    if current == number:
+        _crowned(client, name, number, aliases.get(PREVIOUS, ""), reason, _now())
+        return f"{where}: champion, but its promotion was interrupted before the log; logged it now"
+    if current is not None and int(current) > int(number):
+        return f"{where}: passed the gate, never promoted; the newer version {current} is champion, so left as it is"
+    promote(client, name, number, reason)
+    return f"{where}: passed the gate, its promotion was interrupted; promoted it now (replacing {current or 'none'})"
 
 
 def promotion_log(client: MlflowClient, name: str) -> list[PromotionEvent]:

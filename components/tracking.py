@@ -1,4 +1,5 @@
-"""MLflow bookkeeping shared by the stages: where the store is, and one run per training that later stages join.
+"""MLflow bookkeeping shared by the stages: where the store is, one run per training that later stages join, and
+what a store that does not answer looks like.
 
 The run id travels in a small JSON file beside the model, so evaluate and export log into the run that trained it.
 """
@@ -11,8 +12,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import mlflow
+import requests
 
 from components.config import Params, Tracking
 from components.errors import EarshotError
@@ -22,6 +25,49 @@ from components.files import write_text_atomically
 def tracking_uri(cfg: Tracking) -> str:
     """params.yaml names the store; MLFLOW_TRACKING_URI overrides it, as MLflow users expect."""
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+
+
+class StoreUnavailable(EarshotError):
+    """The MLflow server did not answer (no connection, or no reply in time): unlike bad input, worth a retry later."""
+
+    transient = True
+
+
+# What requests raises once urllib3 has spent MLflow's retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES) on a server that
+# refuses connections, does not reply within MLFLOW_HTTP_REQUEST_TIMEOUT, or keeps answering 503.
+_UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError)
+
+
+def store_unavailable(err: BaseException) -> StoreUnavailable | None:
+    """StoreUnavailable naming the server and why, if `err` is a failure to reach an MLflow server; else None.
+
+    MLflow wraps the requests error in an MlflowException of many lines; the chain of causes keeps the pieces.
+    """
+    chain: list[BaseException] = []
+    while err is not None and err not in chain:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    request = next((e for e in chain if isinstance(e, _UNREACHABLE)), None)
+    if request is None or isinstance(chain[0], EarshotError):
+        return None
+    # The URL's path is the endpoint called, not the store.
+    url = urlsplit(request.request.url) if request.request is not None else None
+    server = f"{url.scheme}://{url.netloc}" if url else "(address unknown)"
+    root = chain[-1]
+    why = root.strerror if isinstance(root, OSError) and root.strerror else str(root)
+    return StoreUnavailable(f"MLflow store {server} unreachable: {why}")
+
+
+@contextmanager
+def reaching_store() -> Iterator[None]:
+    """Raise a failure to reach the MLflow server as StoreUnavailable, one line; anything else passes unchanged."""
+    try:
+        yield
+    except Exception as err:
+        down = store_unavailable(err)
+        if down is None:
+            raise
+        raise down from err
 
 
 def use_store(cfg: Tracking) -> None:

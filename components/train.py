@@ -1,6 +1,7 @@
 """Training: AdamW, cosine schedule, augmentation per batch, early stopping on validation accuracy.
 
-The loop reads top to bottom; a checkpoint after every epoch lets an interrupted run resume where it stopped.
+The loop reads top to bottom; a checkpoint after every epoch lets an interrupted run resume where it stopped. In a
+world of processes (components/distributed.py) each trains on its share of every batch and rank 0 reports.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from components import distributed
 from components.augment import augment_batch, spec_augment
 from components.config import Params
 from components.dataset import FULL_SCALE, KwsData
@@ -81,11 +83,14 @@ def save_checkpoint(checkpoint: Path, fingerprint: str, model: torch.nn.Module, 
         torch.save(saved, partial)
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
+                      batch: int | None = None) -> torch.Tensor:
     """KL divergence from the teacher's softened class distribution to the student's, scaled by T^2 so its
-    gradients keep the size of the label loss's (Hinton et al., 2015)."""
-    return F.kl_div(F.log_softmax(student / temperature, dim=1), F.log_softmax(teacher / temperature, dim=1),
-                    log_target=True, reduction="batchmean") * temperature**2
+    gradients keep the size of the label loss's (Hinton et al., 2015); summed over rows, divided by `batch` (by
+    default the rows given: a rank's share of a batch is divided by the whole batch's size)."""
+    divergence = F.kl_div(F.log_softmax(student / temperature, dim=1), F.log_softmax(teacher / temperature, dim=1),
+                          log_target=True, reduction="sum")
+    return divergence / (batch or len(student)) * temperature**2
 
 
 def teacher_params(params: Params) -> Params:
@@ -105,16 +110,18 @@ def train_model(
     """Train a KeywordSpotter on the training split, keeping the weights of the best validation epoch.
 
     `initial_weights` (a state_dict of the same architecture) warm-starts it; a checkpoint still wins when resuming.
-    With a `teacher`, the loss mixes in distillation_loss by `train.distill.weight`.
+    With a `teacher`, the loss mixes in distillation_loss by `train.distill.weight`. In a world of processes every
+    rank returns the same model; only rank 0 calls `on_epoch` and writes the checkpoint.
     """
-    cfg, sample_rate = params.train, params.dataset.sample_rate
-    torch.set_num_threads(cfg.threads)
+    cfg, sample_rate, world = params.train, params.dataset.sample_rate, distributed.current()
+    # train.threads is the machine's: its ranks share them.
+    torch.set_num_threads(max(1, cfg.threads // world.local_size))
     torch.manual_seed(params.seed)
     gen = torch.Generator().manual_seed(params.seed)
     train, val = data.split("training"), data.split("validation")
     waves, noise = train.float_waves(), data.noise.float() / FULL_SCALE
     front_end = LogMel(params.features, sample_rate)
-    model = KeywordSpotter(params.features.n_mels, len(data.label_names), params.model)
+    model = KeywordSpotter(params.features.n_mels, len(data.label_names), params.model).to(world.device)
     if initial_weights is not None:
         model.load_state_dict(initial_weights)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -125,29 +132,38 @@ def train_model(
     fingerprint = run_fingerprint(params, data.version)
     state = restore_checkpoint(checkpoint, fingerprint, model, optimizer, schedule, gen) or state
     resumed_from = state["epoch"]
+    net = world.wrap(model)
+    if teacher is not None:
+        teacher.to(world.device)
 
     while state["epoch"] < cfg.epochs and state["epoch"] - state["best_epoch"] <= cfg.patience:
         model.train()
         total_loss, correct = 0.0, 0
         for idx in torch.randperm(len(waves), generator=gen).split(cfg.batch_size):
+            # Every rank augments the whole batch, so its draws from `gen` are the same at any number of ranks.
             mels = spec_augment(front_end(augment_batch(waves[idx], noise, params.augment, sample_rate, gen)),
                                 params.augment, gen)
-            logits = model(mels)
-            loss = F.cross_entropy(logits, train.labels[idx])
+            mels, labels = world.share(mels).to(world.device), world.share(train.labels[idx]).to(world.device)
+            logits = net(mels)
+            # Summed over this rank's share, divided by the whole batch: the ranks' losses add up to its mean.
+            loss = F.cross_entropy(logits, labels, reduction="sum") / len(idx)
             if teacher is not None:
                 with torch.no_grad():
                     soft = teacher(mels)
                 distill = cfg.distill
                 loss = (1 - distill.weight) * loss + distill.weight * distillation_loss(logits, soft,
-                                                                                         distill.temperature)
+                                                                                         distill.temperature, len(idx))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages the ranks' gradients; the batch's gradient is their sum.
+            (loss * world.size).backward()
             optimizer.step()
             schedule.step()
             total_loss += loss.item() * len(idx)
-            correct += (logits.argmax(1) == train.labels[idx]).sum().item()
+            correct += (logits.argmax(1) == labels).sum().item()
 
-        val_loss, val_acc = score(model, val.mels, val.labels)
+        total_loss, correct = world.total(total_loss, correct)
+        world.align(model)
+        val_loss, val_acc = score(model, val.mels.to(world.device), val.labels.to(world.device))
         metrics = {"epoch": state["epoch"], "train_loss": total_loss / len(waves),
                    "train_accuracy": correct / len(waves), "val_loss": val_loss, "val_accuracy": val_acc,
                    "lr": schedule.get_last_lr()[0]}
@@ -156,14 +172,15 @@ def train_model(
             state |= {"best_epoch": state["epoch"], "best_acc": val_acc,
                       "best_weights": {k: v.clone() for k, v in model.state_dict().items()}}
         state["epoch"] += 1
-        # Reported before the checkpoint: a kill in between repeats an epoch's log line, never loses one.
-        on_epoch(metrics)
-        if checkpoint:
-            save_checkpoint(checkpoint, fingerprint, model, optimizer, schedule, gen, state)
+        if world.leader:
+            # Reported before the checkpoint: a kill in between repeats an epoch's log line, never loses one.
+            on_epoch(metrics)
+            if checkpoint:
+                save_checkpoint(checkpoint, fingerprint, model, optimizer, schedule, gen, state)
 
     model.load_state_dict(state["best_weights"])
-    model.eval()
-    if checkpoint:
+    model.to("cpu").eval()  # saved and served on CPU, wherever it trained
+    if checkpoint and world.leader:
         # Only an interrupted run may resume; a finished one must not short-circuit the next training.
         checkpoint.unlink(missing_ok=True)
     return TrainResult(model, state["history"], state["best_epoch"], state["best_acc"], resumed_from)

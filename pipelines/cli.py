@@ -16,9 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from components.config import Params, load_params
+from components.config import Distributed, Params, load_params
 from components.errors import EarshotError
-from components.tracking import tracking_uri
+from components.tracking import reaching_store, tracking_uri
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Continuous training for audio models.")
 console = Console()
@@ -52,12 +52,26 @@ def _stage_command(name: str, doc: str) -> None:
 for _name, _doc in {
     "synthesize": "Synthesize the track's corpus (speech, or sound events in the UrbanSound8K layout).",
     "featurize": "Decode, label and featurize every clip once (keywords and speech: one shard per domain).",
-    "train": "Train the track's model and log the run to MLflow.",
     "evaluate": "Score per acoustic domain: test-split accuracy, WER and CER, or fold cross-validation.",
     "export": "Export ONNX FP32 and INT8, measure parity, size and speed.",
     "gate": "Hold the exported model to the regression gate against the registry's champion.",
 }.items():
     _stage_command(_name, _doc)
+
+
+@app.command()
+def train(
+    params: ParamsOption = Path("params.yaml"),
+    nproc: Annotated[int | None, typer.Option(min=1, help="Keyword track: training processes on this machine, each "
+                                              "on its share of every batch (default: distributed.nproc).")] = None,
+) -> None:
+    """Train the track's model and log the run to MLflow."""
+    from pipelines.stages import STAGES
+
+    settings = load_params(params)
+    if nproc is not None:
+        settings = settings.model_copy(update={"distributed": Distributed(nproc=nproc)})
+    STAGES["train"](settings)
 
 
 @app.command()
@@ -177,6 +191,19 @@ def serve(params: ParamsOption = Path("params.yaml")) -> None:
 
 
 @app.command()
+def worker(
+    pool: Annotated[str, typer.Option(help="The work pool prefect.yaml's deployments name.")] = "earshot",
+) -> None:
+    """Run the flow runs of prefect.yaml's deployments here, each in a subprocess, until interrupted.
+
+    `prefect deploy --all` registers the deployments first; this is `prefect worker start --pool POOL --type process`.
+    """
+    prefect_bin = Path(sys.executable).with_name("prefect")
+    # exec: Ctrl-C and signals reach the worker itself, which lets the flow runs it started finish or cancel.
+    os.execv(prefect_bin, [str(prefect_bin), "worker", "start", "--pool", pool, "--type", "process"])
+
+
+@app.command()
 def demo(params: ParamsOption = Path("params.yaml")) -> None:
     """The continuous-training story in a workspace of its own: baseline, a good drop promoted, a bad one refused."""
     from pipelines.demo import run_demo, stage_table, story_table
@@ -249,7 +276,9 @@ def main() -> None:
     # MLflow draws a progress bar for every champion download (a few KiB); the stage lines say enough.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        app(standalone_mode=False)
+        # An MLflow server that is down would otherwise surface as a many-line MlflowException.
+        with reaching_store():
+            app(standalone_mode=False)
     except EarshotError as err:
         if state["debug"]:
             raise

@@ -6,6 +6,7 @@ logic lives here. `deployments` declares how the loop is started: by new data, n
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
@@ -23,36 +24,64 @@ from components.config import Params, load_params
 from components.errors import EarshotError
 from components.export import ParityError
 from components.lock import exclusive
-from components.registry import gated_version, registry_client
-from components.tracking import tracking_uri
+from components.registry import finish_decision, gated_version, registry_client
+from components.tracking import reaching_store, tracking_uri
 from pipelines import stages
 
 FLOW = "continuous_training"
 RETRAIN_DEPLOYMENT = "manual"
+# Waits before each retry of a task that met a transient fault: long enough for an MLflow server to restart.
+RETRY_DELAYS_S = [20, 60, 180]
 
 
 def _transient(_task: Any, _run: TaskRun, state: State) -> bool:
-    # Bad input or a refused model will fail the same way again; a store or disk hiccup may not.
-    return not isinstance(state.data, EarshotError)
+    # Bad input, a refused model or a bug fails the same way again; a store that is down or a disk hiccup may not.
+    error = state.data
+    return error.transient if isinstance(error, EarshotError) else isinstance(error, OSError)
 
 
-def _stage_task(fn: Any, retries: int = 0, name: str | None = None) -> Any:
-    # Stages read and write files named in params.yaml, so their arguments are not the whole story: no caching.
-    return task(fn, name=name or fn.__name__, cache_policy=NO_CACHE, retries=retries, retry_delay_seconds=2,
-                retry_condition_fn=_transient)
+# For the tasks that touch the MLflow store.
+RETRIED = {"retries": len(RETRY_DELAYS_S), "retry_delay_seconds": RETRY_DELAYS_S, "retry_condition_fn": _transient}
+
+
+def _stage_task(fn: Any, retried: bool = True, name: str | None = None) -> Any:
+    """A stage as a task, retried on transient faults unless it never touches the store (`retried` False).
+
+    Stages read and write files named in params.yaml, so their arguments are not the whole story: no caching.
+    """
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        # MLflow's many-line error for a server that is down becomes StoreUnavailable, one line that _transient retries.
+        with reaching_store():
+            return fn(*args, **kwargs)
+
+    return task(run, name=name or fn.__name__, cache_policy=NO_CACHE, **(RETRIED if retried else {}))
+
+
+def earlier_decision(params: Params, training_key: str) -> tuple[str, str, str] | None:
+    """(version, gate verdict, what was finished) of the version already gated for this data and settings, or None.
+
+    A retraining killed between registering its version and promoting or rejecting it gets its decision finished.
+    """
+    client, name = registry_client(params.mlflow), params.mlflow.registered_model
+    found = gated_version(client, name, training_key)
+    if found is None:
+        return None
+    return str(found.version), found.tags.get("gate", ""), finish_decision(client, name, found)
 
 
 # featurize, training_key, train, evaluate and export run the stage of params.track; the gate differs per track.
-ingest = _stage_task(stages.ingest, retries=2)
-featurize = _stage_task(stages.STAGES["featurize"])
+ingest = _stage_task(stages.ingest)
+featurize = _stage_task(stages.STAGES["featurize"], retried=False)
 train = _stage_task(stages.STAGES["train"])
 evaluate = _stage_task(stages.STAGES["evaluate"])
 export = _stage_task(stages.STAGES["export"])
 gate = _stage_task(stages.gate)
 gate_transcriber = _stage_task(stages.STAGES["gate"], name="gate_transcriber")
-decide = _stage_task(stages.decide, retries=2)
-champion_version = _stage_task(stages.champion_version, retries=2)
-training_key = _stage_task(stages.STAGES["training_key"])
+decide = _stage_task(stages.decide)
+champion_version = _stage_task(stages.champion_version)
+training_key = _stage_task(stages.STAGES["training_key"], retried=False)
+decided = _stage_task(earlier_decision, name="earlier_decision")
 
 
 def _champion_score_key(_context: Any, arguments: dict[str, Any]) -> str:
@@ -64,11 +93,11 @@ def _champion_score_key(_context: Any, arguments: dict[str, Any]) -> str:
     return "champion-score-" + hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]
 
 
-@task(name="score_champion", cache_key_fn=_champion_score_key, cache_expiration=timedelta(days=7), retries=2,
-      retry_delay_seconds=2, retry_condition_fn=_transient)
+@task(name="score_champion", cache_key_fn=_champion_score_key, cache_expiration=timedelta(days=7), **RETRIED)
 def score_champion(params: Params, version: str, training_key: str) -> stages.ChampionScore:
     """Cached by (champion version, data and settings): a rerun after a crash does not score the champion again."""
-    return stages.score_champion(params, version)
+    with reaching_store():
+        return stages.score_champion(params, version)
 
 
 @flow(name=FLOW, log_prints=True)
@@ -89,11 +118,13 @@ def continuous_training(params_path: str = "params.yaml", drop: str | None = Non
             ingest(params, Path(drop), domain)
         featurize(params)
         key = training_key(params)
-        done = gated_version(registry_client(params.mlflow), params.mlflow.registered_model, key)
-        if done is not None:
-            print(f"data and settings unchanged since version {done.version} (gate {done.tags.get('gate')}); "
-                  "nothing to train")
-            return {"outcome": "skipped", "version": str(done.version), "training_key": key}
+        earlier = decided(params, key)
+        if earlier is not None:
+            version, verdict, finished = earlier
+            if finished:
+                print(finished)
+            print(f"data and settings unchanged since version {version} (gate {verdict}); nothing to train")
+            return {"outcome": "skipped", "version": version, "training_key": key, "finished": finished}
         current = champion_version(params)
         # The speech-to-text gate re-scores its champion itself; drift before training is a classifier signal.
         champion = score_champion(params, current, key) if current and params.track != "asr" else None

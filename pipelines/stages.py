@@ -21,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from rich.console import Console
 
+from components import distributed
 from components.config import Gate, Params
 from components.corpus import synthesize_corpus
 from components.dataset import (
@@ -45,6 +46,8 @@ from components.registry import (
     CHAMPION,
     champion,
     deployable_files,
+    finish_decision,
+    gated_version,
     promote,
     register_candidate,
     registry_client,
@@ -142,11 +145,20 @@ def training_key(params: Params) -> str:
 def train(params: Params) -> str:
     """Train the keyword spotter, log it to MLflow with the data version, and save weights with their card.
 
-    A training killed midway resumes from its checkpoint, inside the MLflow run it started.
+    A training killed midway resumes from its checkpoint, inside the MLflow run it started. With distributed.nproc
+    above 1 (or started by torchrun) each process trains on its share of every batch and rank 0 does the rest.
     """
+    if params.distributed.nproc > 1 and not distributed.started():
+        return distributed.launch(partial(train, params), params.distributed.nproc)[0]
+    world = distributed.join()
     data = KwsData.load(params.out.features)
     out = params.out.model_dir
     checkpoint = out / "checkpoint.pt"
+    if not world.leader:
+        # Its share of every batch, the teacher's too; rank 0 alone logs, checkpoints and saves.
+        teacher = train_model(data, teacher_params(params)).model if params.train.distill.teacher else None
+        train_model(data, params, checkpoint=checkpoint, teacher=teacher)
+        return ""
     ledger = ledger_rows(params.ingest.root)
     tags = {"dataset_version": data.version, "track": "kws", "training_key": run_fingerprint(params, data.version),
             "ingested_data_version": ledger[-1]["data_version"] if ledger else "none"}
@@ -406,7 +418,7 @@ def plot_gate_domains(params: Params, report: GateReport, metric: str, challenge
 class Decision:
     version: str  # the challenger's registered version
     promoted: bool
-    alias: str  # champion, or the rejected-<time> alias it got
+    alias: str  # champion, the rejected-<time> alias it got, or "" (passed, but a newer version is champion)
 
 
 def decide(params: Params, report: GateReport, new_domain: str | None) -> Decision:
@@ -424,13 +436,20 @@ def decide(params: Params, report: GateReport, new_domain: str | None) -> Decisi
                       f"(ingested data `{tags['ingested_data_version']}`, git `{tags['git_commit']}`).", "",
                       f"Acoustic domains: {', '.join(domains)}.", "", *_card_metrics(run.metrics),
                       "", summary, "", report.to_markdown()])
-    version = str(register_candidate(client, name, run_id, f"runs:/{run_id}/export", tags, card).version)
-    if report.passed:
-        promote(client, name, version, reason=f"gate passed (new domain: {new_domain or 'none'})")
-        return Decision(version, True, CHAMPION)
-    reject(client, name, version, [f"{c.name}: {c.observed} (needs {c.threshold})" for c in report.failures])
-    alias = next(a for a in client.get_model_version(name, version).aliases if a.startswith("rejected-"))
-    return Decision(version, False, alias)
+    earlier = gated_version(client, name, tags["training_key"])
+    if earlier is not None and earlier.run_id == run_id:
+        # A retry after the store went away midway: this run's version exists, so finish it rather than add another.
+        version = str(earlier.version)
+        finish_decision(client, name, earlier)
+    else:
+        version = str(register_candidate(client, name, run_id, f"runs:/{run_id}/export", tags, card).version)
+        if report.passed:
+            promote(client, name, version, reason=f"gate passed (new domain: {new_domain or 'none'})")
+        else:
+            reject(client, name, version, [f"{c.name}: {c.observed} (needs {c.threshold})" for c in report.failures])
+    aliases = client.get_model_version(name, version).aliases
+    return Decision(version, CHAMPION in aliases,
+                    next((a for a in aliases if a == CHAMPION or a.startswith("rejected-")), ""))
 
 
 def _card_metrics(metrics: dict[str, float]) -> list[str]:

@@ -6,11 +6,9 @@ Synthetic features with one mel band lit per class, so the model's predictions m
 from __future__ import annotations
 
 import copy
-import errno
 import json
 import os
 import re
-import resource
 from pathlib import Path
 
 import numpy as np
@@ -136,19 +134,3 @@ def test_miscalibrated_int8_raises_parity_error(model: KeywordSpotter, calibrati
     # The caller decides what to do with rejected files, so both were published before the check.
     assert (tmp_path / FP32_FILE).exists() and (tmp_path / INT8_FILE).exists()
 
-
-def test_failed_write_leaves_no_file_at_final_path(exported: ExportReport, model: KeywordSpotter,
-                                                  calibration: torch.Tensor, data: dict[str, torch.Tensor],
-                                                  tmp_path: Path) -> None:
-    # A real short write: RLIMIT_FSIZE makes the kernel refuse bytes past half the model's size with EFBIG,
-    # as a full disk would (CPython ignores SIGXFSZ, so the error surfaces as OSError).
-    limit = exported.variant("onnx_fp32").size_bytes // 2
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    try:
-        with pytest.raises(OSError) as caught:
-            export_models(model, calibration, data["test_mels"], data["test_labels"], CFG, tmp_path)
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    assert caught.value.errno == errno.EFBIG
-    assert os.listdir(tmp_path) == [], "neither a torso at model.onnx nor a stray temporary file"

@@ -7,6 +7,7 @@ its own model name, so the tests stay independent without paying for a fresh dat
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from components.registry import (
     PromotionError,
     champion,
     deployable_files,
+    finish_decision,
     gated_version,
     promote,
     promotion_log,
@@ -70,7 +72,7 @@ class Store:
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root}/mlflow.db"
-    before = mlflow.get_tracking_uri()
+    before, exported = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         # Promotion log runs get the store's default artifact root, which is relative to the working directory.
@@ -79,6 +81,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         experiment_id = client.create_experiment("exports", artifact_location=(root / "artifacts").as_uri())
         yield Store(client, uri, experiment_id, root)
     mlflow.set_tracking_uri(before)
+    # set_tracking_uri exports MLFLOW_TRACKING_URI, which earshot takes for the user's choice of store: left set, it
+    # sent every later test of this process to the mlflow.db of the folder pytest started in.
+    if exported is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture
@@ -339,3 +345,48 @@ def test_unknown_model_has_no_champion_and_an_empty_log(client: MlflowClient, na
     assert promotion_log(client, name) == []
     with pytest.raises(PromotionError, match="no previous champion"):
         rollback(client, name, "nothing to roll back")
+
+
+def test_finish_decision_rejects_a_refused_version_a_killed_run_left_unmarked(client: MlflowClient, name: str,
+                                                                              candidate: Callable[..., str]) -> None:
+    v1 = candidate(name)
+    promote(client, name, v1, "first")
+    # What a decide killed between registering a refused challenger and rejecting it leaves behind.
+    v2 = candidate(name, gate="refused")
+
+    assert f"version {v2}: refused by the gate" in finish_decision(client, name, client.get_model_version(name, v2))
+
+    [alias] = [a for a, v in aliases(client, name).items() if v == v2]
+    assert alias.startswith("rejected-") and one_passed_champion(client, name) == v1
+    assert [(e.action, e.version) for e in promotion_log(client, name)] == [("promote", v1), ("reject", v2)]
+    assert finish_decision(client, name, client.get_model_version(name, v2)) == ""
+
+
+def test_finish_decision_keeps_the_alias_of_a_rejection_killed_before_its_log(client: MlflowClient, name: str,
+                                                                              candidate: Callable[..., str]) -> None:
+    v1 = candidate(name, gate="refused")
+    client.set_registered_model_alias(name, "rejected-20250101-000000", v1)  # the rejection's first write only
+
+    finish_decision(client, name, client.get_model_version(name, v1))
+
+    assert aliases(client, name) == {"rejected-20250101-000000": v1}
+    assert [(e.action, e.version) for e in promotion_log(client, name)] == [("reject", v1)]
+
+
+def test_finish_decision_leaves_a_passed_version_a_newer_champion_overtook(client: MlflowClient, name: str,
+                                                                           candidate: Callable[..., str]) -> None:
+    v1, v2 = candidate(name), candidate(name)
+    promote(client, name, v2, "promoted by hand while v1's run was down")
+
+    note = finish_decision(client, name, client.get_model_version(name, v1))
+
+    assert f"the newer version {v2} is champion" in note
+    assert aliases(client, name) == {CHAMPION: v2} and len(promotion_log(client, name)) == 1
+
+
+def test_finish_decision_ignores_a_version_without_a_gate_verdict(client: MlflowClient, name: str,
+                                                                  candidate: Callable[..., str]) -> None:
+    v1 = candidate(name, gate="")
+
+    assert finish_decision(client, name, client.get_model_version(name, v1)) == ""
+    assert champion(client, name) is None and promotion_log(client, name) == []
