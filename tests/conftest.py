@@ -1,9 +1,17 @@
-"""Shared test fixtures: small params, and Speech Commands trees written by hand or by the real generator."""
+"""Shared test fixtures: small params, Speech Commands trees written by hand or by the real generator, and real
+servers on loopback (an `mlflow server`) that tests start and stop."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +26,54 @@ from components.config import Params
 from components.dataset import which_set
 
 PROJECT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_mlflow_server(backend_uri: str, port: int, cwd: Path, log: Path, *options: str) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:port over `backend_uri`, in a process group of its own, its output appended to
+    `log`. Job execution is off: its runner and huey consumers outlive a terminated server and double start-up."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri, "--host", "127.0.0.1",
+             "--port", str(port), "--workers", "1", *options], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+
+
+def healthy(url: str) -> bool:
+    """Whether the MLflow server at `url` answers its health check."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+def wait_until(ready: Callable[[], bool], process: subprocess.Popen, what: str, log: Path) -> None:
+    """Poll `ready` until it is true; fail with the log's end if `process` dies or 3 minutes pass."""
+    deadline = time.monotonic() + 180
+    while not ready():
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{what} did not start (exit {process.poll()}); its log ends:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def stop_server(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """`sig` to a server's process group (mlflow forks uvicorn); SIGKILL to whatever of it is left once the server
+    has exited or 30 s have passed."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def tiny_settings(root: Path | None) -> dict:

@@ -23,7 +23,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +39,7 @@ from components.config import load_params
 from components.export import FP32_FILE, INT8_FILE
 from components.registry import CHAMPION, PREVIOUS, champion, finish_decision, promotion_log, register_candidate
 from pipelines import stages
+from tests.conftest import free_port, start_mlflow_server, stop_server
 from tests.test_continuous import BIN, World
 
 
@@ -277,12 +277,6 @@ def test_a_retried_decision_registers_no_second_version(world: World) -> None:
     world.assert_one_valid_champion()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class MlflowServer:
     """A real `mlflow server` on loopback over the world's sqlite store, which a test stops and starts."""
 
@@ -292,17 +286,12 @@ class MlflowServer:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        # The job executor runs GenAI jobs this project has none of; it doubles the server's start-up time.
-        self.process = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", self.world.params.mlflow.uri, "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"], cwd=self.world.root, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
-            env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        self.process = start_mlflow_server(self.world.params.mlflow.uri, self.port, self.world.root,
+                                           self.world.root / "mlflow-server.log")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)  # the server and its uvicorn worker
-            self.process.wait(timeout=60)
+            stop_server(self.process)
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,6 @@ which version is champion and which previous. Every page is saved under test-art
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +23,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from components.registry import CHAMPION, PREVIOUS
 from components.tracking import tracking_uri
-from tests.conftest import PROJECT
+from tests.conftest import PROJECT, free_port, healthy, start_mlflow_server, stop_server, wait_until
 from tests.test_continuous import World
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -91,54 +83,18 @@ def store(prefect_api, tmp_path_factory) -> Store:
                  experiment_id=run.info.experiment_id, run_id=run.info.run_id)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def stop(server: subprocess.Popen) -> None:
-    """SIGTERM to the server's own process group (mlflow forks uvicorn); SIGKILL to whatever of it is left once the
-    server has exited or 30 s have passed."""
-    os.killpg(server.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        server.wait(timeout=30)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.pid, signal.SIGKILL)
-    server.wait()
-
-
 @pytest.fixture(scope="module")
 def server(store) -> Iterator[str]:
     """`mlflow server` on loopback over the store; yields its base URL once /health answers."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = store.root / "mlflow-server.log"
-    # Job execution would start a runner and four huey consumers that outlive a terminated server; the UI needs none.
-    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store.uri,
-               "--default-artifact-root", str(store.root / "mlruns"), "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=store.root, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+    url, log = f"http://127.0.0.1:{port}", store.root / "mlflow-server.log"
+    process = start_mlflow_server(store.uri, port, store.root, log,
+                                  "--default-artifact-root", str(store.root / "mlruns"))
     try:
-        deadline = time.monotonic() + 120
-        while not healthy(url):
-            assert process.poll() is None, f"mlflow server exited:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"mlflow server not healthy after 120 s:\n{log.read_text()[-3000:]}"
-            time.sleep(0.5)
+        wait_until(lambda: healthy(url), process, "mlflow server", log)
         yield url
     finally:
-        stop(process)
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-            return response.status == 200
-    except OSError:
-        return False
+        stop_server(process)
 
 
 @pytest.fixture(scope="module")

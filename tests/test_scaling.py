@@ -7,12 +7,9 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,15 +21,9 @@ from prefect.flows import load_flow_from_entrypoint
 
 from components.config import load_params
 from pipelines.flows import deployments
-from tests.conftest import PROJECT, write_tree
+from tests.conftest import PROJECT, free_port, healthy, start_mlflow_server, stop_server, wait_until, write_tree
 from tests.test_continuous import World
 from tests.test_pipeline import BIN, run
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def postgres_binaries() -> Path | None:
@@ -42,27 +33,6 @@ def postgres_binaries() -> Path | None:
         return Path(on_path).parent
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3].split(".")[0]))
     return found[-1].parent if found else None
-
-
-def wait_until(ready: Callable[[], bool], process: subprocess.Popen, what: str, log: Path) -> None:
-    """Poll `ready` until it is true; fail with the log's end if `process` dies or 3 minutes pass."""
-    deadline = time.monotonic() + 180
-    while not ready():
-        if process.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"{what} did not start (exit {process.poll()}); its log ends:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-
-
-def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, group: bool = False) -> None:
-    """Stop a server this test started (with `group`, its whole process group), killing it if it lingers."""
-    send = (lambda number: os.killpg(process.pid, number)) if group else process.send_signal
-    if process.poll() is None:
-        send(sig)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            send(signal.SIGKILL)
-            process.wait()
 
 
 @dataclass(frozen=True)
@@ -95,7 +65,8 @@ def shared_store() -> Iterator[SharedStore]:
         port, log = free_port(), root / "postgres.log"
         with log.open("w") as out:
             server = subprocess.Popen([binaries / "postgres", "-D", root / "data", "-h", "127.0.0.1", "-p", str(port),
-                                       "-k", root, "-c", "fsync=off"], user=owner, stdout=out, stderr=out)
+                                       "-k", root, "-c", "fsync=off"], user=owner, stdout=out, stderr=out,
+                                      start_new_session=True)
         database = f"postgresql://postgres@127.0.0.1:{port}"
 
         def accepts_connections() -> bool:
@@ -108,27 +79,16 @@ def shared_store() -> Iterator[SharedStore]:
 
         wait_until(accepts_connections, server, "PostgreSQL", log)
         artifacts, web, log = root / "artifacts", free_port(), root / "mlflow.log"
-        with log.open("w") as out:
-            mlflow_server = subprocess.Popen(
-                [BIN / "mlflow", "server", "--backend-store-uri", f"{database}/mlflow", "--artifacts-destination",
-                 artifacts, "--host", "127.0.0.1", "--port", str(web), "--workers", "1"],
-                stdout=out, stderr=out, start_new_session=True)
+        mlflow_server = start_mlflow_server(f"{database}/mlflow", web, root, log, "--artifacts-destination",
+                                            str(artifacts))
         tracking_uri = f"http://127.0.0.1:{web}"
-
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"{tracking_uri}/health", timeout=5) as answer:
-                    return answer.status == 200
-            except OSError:
-                return False
-
-        wait_until(healthy, mlflow_server, "mlflow server", log)
+        wait_until(lambda: healthy(tracking_uri), mlflow_server, "mlflow server", log)
         yield SharedStore(tracking_uri, artifacts, f"{database}/mlflow")
     finally:
         if mlflow_server is not None:
-            stop(mlflow_server, group=True)
+            stop_server(mlflow_server)
         if server is not None:
-            stop(server, signal.SIGINT)  # PostgreSQL's fast shutdown
+            stop_server(server, signal.SIGINT)  # PostgreSQL's fast shutdown
         shutil.rmtree(root, ignore_errors=True)
 
 
