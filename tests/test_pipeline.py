@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import yaml
 from components.config import Params
 from components.dataset import KwsData
 from components.review import MISTAKES
-from tests.conftest import PROJECT, tiny_settings, write_tree
+from tests.conftest import PROJECT, free_port, tiny_settings, write_tree
 
 BIN = Path(sys.executable).parent
 
@@ -116,9 +115,7 @@ def _loopback_listeners(port: int) -> list[str]:
 
 
 def test_earshot_ui_serves_the_project_store_on_loopback_only(dvc_repo):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
     server = subprocess.Popen(["earshot", "ui", "--port", str(port)], cwd=dvc_repo, env=env,
