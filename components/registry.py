@@ -24,6 +24,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_
 from components.config import Tracking
 from components.errors import EarshotError
 from components.export import FP32_FILE, INPUT, INT8_FILE, LOG_PROBS, OUTPUT
+from components.serving import ARTIFACTS
 from components.tracking import tracking_uri
 
 CHAMPION = "champion"
@@ -33,6 +34,7 @@ MAX_TEXT = 5000
 _MISSING = ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
 _EXISTS = ErrorCode.Name(RESOURCE_ALREADY_EXISTS)
 _LOG_PAGE = 1000
+MLMODEL = "MLmodel"  # what makes a folder an MLflow model
 
 
 class PromotionError(EarshotError):
@@ -83,11 +85,11 @@ def gated_version(client: MlflowClient, name: str, training_key: str) -> ModelVe
 
 
 def deployable_files(client: MlflowClient, name: str, version: str, dest: Path) -> Path:
-    """Download the version's files into dest and return the folder holding them.
+    """Download the version's package (components.serving) into dest; return the folder of its ONNX files and card.
 
-    PromotionError (one line naming model, version and the problem) unless its tag `gate` is "passed" and both
-    ONNX files exist, open in an ONNX Runtime CPU session and take `mels` and give `logits` (keywords) or `log_probs`
-    (speech to text), as serving expects.
+    PromotionError (one line naming model, version and the problem) unless its tag `gate` is "passed", it is an
+    MLflow model, and both ONNX files exist, open in an ONNX Runtime CPU session and take `mels` and give `logits`
+    (keywords) or `log_probs` (speech to text), as serving expects.
     """
     where = f"model {name!r} version {version}"
     gate = _version(client, name, version).tags.get("gate")
@@ -100,6 +102,9 @@ def deployable_files(client: MlflowClient, name: str, version: str, dest: Path) 
                                                           tracking_uri=client.tracking_uri))
     except (MlflowException, OSError) as err:
         raise PromotionError(f"{where}: cannot download {uri} ({_first_line(err)})") from None
+    if not (folder / MLMODEL).is_file():
+        raise PromotionError(f"{where}: {uri} is not a packaged model (no {MLMODEL})")
+    folder = folder / ARTIFACTS
     for file in (FP32_FILE, INT8_FILE):
         path = folder / file
         if not path.is_file():

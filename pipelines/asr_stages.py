@@ -39,6 +39,7 @@ from components.librispeech import index_librispeech
 from components.model import count_parameters, save_model
 from components.registry import champion, deployable_files, registry_client
 from components.review import MISTAKES, ReviewClip
+from components.serving import CARD_FILE
 from components.tracking import resume_run, training_run
 from components.train import run_fingerprint
 from components.wer import WerReport, score_transcripts
@@ -50,6 +51,7 @@ from pipelines.stages import (
     read_json,
     record_data_docs,
     record_mistakes,
+    record_package,
     record_training,
     run_file,
     write_json,
@@ -58,9 +60,6 @@ from pipelines.stages import (
 UTTERANCE = "utterance"  # the one label of a speech-to-text data set, for its Data Docs
 
 SHARD_INDEX = "index.json"
-# Logged beside the ONNX files: what a consumer of the exported model needs to feed it and read its output.
-CARD_FILE = "transcriber.json"
-
 
 def synthesize(params: Params) -> dict[str, Path]:
     return synthesize_asr_corpus(params)
@@ -206,11 +205,9 @@ def export(params: Params) -> TranscriberExport:
     write_json(params.out.reports / "export.json", report.to_dict())
     with resume_run(params, run_file(params)):
         mlflow.log_dict(report.to_dict(), "export/export.json")
-        mlflow.log_dict(card, f"export/{CARD_FILE}")
         for row in report.variants:
             mlflow.log_metrics({f"export.{row.name}.{k}": getattr(row, k) for k in ("size_bytes", "wer", "cer", "rtf")})
-        for path in params.out.model_dir.glob("*.onnx"):
-            mlflow.log_artifact(str(path), artifact_path="export")
+        record_package(params, {"decode": params.asr.decode.model_dump(), "stream": params.asr.stream.model_dump()})
     return report
 
 

@@ -5,11 +5,12 @@ Expected failures print one line naming the file and the problem and exit 1; `--
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import click
 import typer
@@ -19,6 +20,9 @@ from rich.table import Table
 from components.config import Distributed, Params, load_params
 from components.errors import EarshotError
 from components.tracking import reaching_store, tracking_uri
+
+if TYPE_CHECKING:
+    from components.serving import PackagedModel
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Continuous training for audio models.")
 console = Console()
@@ -231,6 +235,84 @@ def ui(
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     # exec: Ctrl-C and signals reach the server itself, and no earshot process lingers around it.
     os.execv(mlflow_bin, [str(mlflow_bin), "ui", "--backend-store-uri", store, "--host", host, "--port", str(port)])
+
+
+ModelOption = Annotated[str | None, typer.Option(
+    "--model", "-m", help="A packaged model: models:/NAME@ALIAS, runs:/RUN/export or a folder "
+                          "(default: models:/<registered model>@champion in the project's store).")]
+
+
+def _packaged(model: str | None, params: Path) -> PackagedModel:
+    from components.serving import open_package
+
+    settings = load_params(params)
+    return open_package(model or f"models:/{settings.mlflow.registered_model}@champion", tracking_uri(settings.mlflow))
+
+
+@app.command()
+def predict(
+    files: Annotated[list[Path], typer.Argument(help="Audio files (any rate or channel count libsndfile reads).")],
+    model: ModelOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file instead of a table.")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Label (with confidence) or transcribe audio files with a packaged model, front end included."""
+    from components.dataset import read_audio
+
+    packaged = _packaged(model, params)
+    rows = [{"file": str(file)} | packaged.predict(read_audio(file, packaged.sample_rate)[0]).row(packaged.track)
+            for file in files]
+    if as_json:
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        return
+    table = Table(title=f"earshot predict · {model or 'champion'}", title_justify="left")
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()))
+    console.print(table)
+
+
+@app.command()
+def stream(
+    source: Annotated[str, typer.Argument(help="An audio file, or - for raw 16-bit little-endian mono PCM on stdin.")],
+    model: ModelOption = None,
+    rate: Annotated[int | None, typer.Option(help="Sample rate of the PCM on stdin (default: the model's).")] = None,
+    chunk_ms: Annotated[float, typer.Option(help="Audio handed over at a time, as a live source would.")] = 100.0,
+    hop_ms: Annotated[float, typer.Option(help="Keywords, sound events: how often the window moves.")] = 100.0,
+    threshold: Annotated[float, typer.Option(help="Keywords, sound events: confidence an event needs.")] = 0.8,
+    window_s: Annotated[float | None, typer.Option(help="Sound events: window length (keywords: the model's).")] = None,
+    partials: Annotated[bool, typer.Option(help="Speech: also print running transcripts.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per event.")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Listen to a long file or a live stream: timestamped keywords, sound events or transcripts as they happen."""
+    from dataclasses import asdict
+
+    from components.dataset import read_audio
+    from components.live import Listening, chunks, listener, pcm_chunks
+
+    packaged = _packaged(model, params)
+    listening = listener(packaged, Listening(hop_ms / 1000, threshold, window_s, partials))
+    size = max(round(chunk_ms / 1000 * (rate or packaged.sample_rate)), 1)
+    audio = (pcm_chunks(sys.stdin.buffer, size, rate or packaged.sample_rate, packaged.sample_rate) if source == "-"
+             else chunks(read_audio(Path(source), packaged.sample_rate)[0], size))
+    for chunk in audio:
+        for event in listening.push(chunk):
+            _print_event(asdict(event), as_json)
+    for event in listening.flush():
+        _print_event(asdict(event), as_json)
+
+
+def _print_event(event: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(event), flush=True)
+        return
+    confidence = "" if event["confidence"] is None else f"  {event['confidence']:.2f}"
+    kind = "" if event["final"] else "  (partial)"
+    console.print(f"{event['start_s']:8.2f} – {event['end_s']:8.2f} s  {event['text']}{confidence}{kind}",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command()

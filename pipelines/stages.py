@@ -54,6 +54,7 @@ from components.registry import (
     reject,
 )
 from components.review import ReviewClip, pick_mistakes, plot_domain_comparison, write_review_clips
+from components.serving import package_model
 from components.tracking import resume_run, training_run, use_store
 from components.train import run_fingerprint, teacher_params, train_model
 from components.validate import document_training_data, training_facts
@@ -63,6 +64,7 @@ console = Console()
 
 
 MODEL_FILE = "model.pt"
+PACKAGE_DIR = "package"  # the exported model as an MLflow pyfunc: what `earshot predict` and the registry serve
 DOMAIN_CHART = "domains.png"  # per-domain bars, challenger beside champion
 
 
@@ -323,11 +325,18 @@ def record_export(params: Params, run_export: Callable[[], ExportReport]) -> Exp
         mlflow.log_dict(report.to_dict(), "export/export.json")
         for row in report.to_dict()["variants"]:
             mlflow.log_metrics({f"export.{row['name']}.{k}": v for k, v in row.items() if isinstance(v, (int, float))})
-        for path in params.out.model_dir.glob("*.onnx"):
-            mlflow.log_artifact(str(path), artifact_path="export")
+        record_package(params)
     if failure is not None:
         raise failure
     return report
+
+
+def record_package(params: Params, extra: dict[str, object] | None = None) -> None:
+    """Package the exported ONNX files with the model card's front end (plus `extra`) as an MLflow pyfunc in
+    models/<track>/package and log it as the open run's `export/`, the folder a registered version serves."""
+    card = torch.load(model_file(params), weights_only=True)["card"] | {"track": params.track} | (extra or {})
+    package = package_model(params.out.model_dir, card, params.out.model_dir / PACKAGE_DIR)
+    mlflow.log_artifacts(str(package), artifact_path="export")
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,14 @@ servers on loopback (an `mlflow server`) that tests start and stop."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +46,28 @@ def start_mlflow_server(backend_uri: str, port: int, cwd: Path, log: Path, *opti
             [str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri, "--host", "127.0.0.1",
              "--port", str(port), "--workers", "1", *options], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True, env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+
+
+def start_model_server(model_uri: str, store_uri: str, port: int, cwd: Path, log: Path) -> subprocess.Popen:
+    """`mlflow models serve` of `model_uri` (resolved in `store_uri`) on 127.0.0.1:port in this environment, in a
+    process group of its own, its output appended to `log`; stop it with stop_server."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "--host",
+             "127.0.0.1", "--port", str(port), "--workers", "1"], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, env=os.environ | {"MLFLOW_TRACKING_URI": store_uri})
+
+
+def invoke(url: str, columns: dict[str, list]) -> tuple[int, dict]:
+    """POST a table of clips (column name -> values) to a model server's /invocations; its status and JSON answer."""
+    body = json.dumps({"dataframe_split": {"columns": list(columns), "data": [list(row) for row in
+                                                                             zip(*columns.values(), strict=True)]}})
+    request = urllib.request.Request(f"{url}/invocations", body.encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.load(refused)
 
 
 def healthy(url: str) -> bool:

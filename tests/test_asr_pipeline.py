@@ -6,7 +6,14 @@ import json
 
 import mlflow
 import pytest
+import soundfile as sf
 
+from components.asr_export import onnx_log_probs, transcribe
+from components.asr_model import load_transcriber
+from components.config import load_params
+from components.export import INT8_FILE
+from components.wer import score_transcripts
+from pipelines import asr_stages
 from tests.conftest import tiny_settings
 from tests.test_pipeline import reproduced_repo, run
 
@@ -51,6 +58,30 @@ def test_asr_track_repro_builds_evaluates_exports_and_gates(asr_repo):
 
 def test_asr_second_repro_runs_nothing(asr_repo):
     assert "Running stage" not in run(["dvc", "repro"], asr_repo).stdout
+
+
+def test_earshot_predict_transcribes_the_test_split_as_the_pipeline_does(asr_repo, monkeypatch):
+    """From the raw files, the packaged model gives the transcripts the INT8 model gives the stored features, so
+    their WER is the export's INT8 WER; `earshot stream` on one of them prints final, timestamped transcripts."""
+    monkeypatch.chdir(asr_repo)
+    params = load_params("params.yaml")
+    test = asr_stages.load_data(params).split("testing")
+    model, card = load_transcriber(asr_stages.model_file(params))
+    int8, _ = transcribe(onnx_log_probs(params.out.model_dir / INT8_FILE), model, test,
+                         asr_stages.decoder_for(card, params))
+    files = asr_stages.utterance_files(params).set_index("id")["file"]
+    done = run(["earshot", "predict", "--model", "models/asr/package", "--json", *(files[i] for i in test.ids)],
+               asr_repo)
+    answers = [json.loads(line)["transcript"] for line in done.stdout.splitlines()]
+    assert answers == int8
+    exported = json.loads((asr_repo / "reports/asr/export.json").read_text())
+    scored = score_transcripts(test.ids, test.texts, answers, [test.domain_names[d] for d in test.domains])
+    assert scored.wer == pytest.approx(next(v for v in exported["variants"] if v["name"] == "onnx_int8")["wer"])
+
+    streamed = run(["earshot", "stream", "--model", "models/asr/package", "--json", files[test.ids[0]]], asr_repo)
+    seconds = sf.info(files[test.ids[0]]).duration
+    for event in map(json.loads, streamed.stdout.splitlines()):
+        assert event["final"] and event["text"] and 0.0 <= event["start_s"] < event["end_s"] <= seconds + 0.5
 
 
 def test_asr_track_goes_through_the_same_loop_registry_and_promotion(asr_repo, prefect_api):

@@ -7,6 +7,8 @@ in seconds and every gate verdict below is decided by the data, not by luck.
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import os
 import signal
@@ -19,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import yaml
 
+from components.acoustics import resample
 from components.config import Params, load_params
 from components.dataset import which_set
 from components.export import INT8_FILE
@@ -37,7 +41,16 @@ from components.registry import (
 )
 from pipelines import stages
 from pipelines.flows import _transient, continuous_training, deployments, score_champion, watch_incoming
-from tests.conftest import tiny_settings, write_tree
+from tests.conftest import (
+    free_port,
+    healthy,
+    invoke,
+    start_model_server,
+    stop_server,
+    tiny_settings,
+    wait_until,
+    write_tree,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -246,6 +259,71 @@ def test_watcher_starts_one_flow_run_per_drop_however_often_it_looks(story, pref
                 read_api("delete_flow_run", flow_run_id=run.id)
         for deployment_id in applied:
             read_api("delete_deployment", deployment_id=deployment_id)
+
+
+def test_mlflow_models_serve_answers_the_champion_as_earshot_predict_does(story, tmp_path):
+    """`mlflow models serve` of models:/<name>@champion over real HTTP: the labels and confidences of `earshot
+    predict` for the same files; other rates and stereo resampled and downmixed; non-audio a 400 it survives."""
+    world = story["world"]
+    clips = [sorted((story["good_drop"] / word).glob("*.wav"))[0] for word in labels(world.settings)[:4]]
+    done = subprocess.run([str(BIN / "earshot"), "predict", "--json", "--params", str(world.params_path),
+                           *map(str, clips)], capture_output=True, text=True, cwd=world.root, timeout=300)
+    assert done.returncode == 0, done.stderr
+    expected = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [e["label"] for e in expected] == [clip.parent.name for clip in clips]  # lab_b was learned
+
+    port, log = free_port(), tmp_path / "serve.log"
+    server = start_model_server(f"models:/{world.name}@champion", world.params.tracking.uri, port, world.root, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: healthy(url), server, "mlflow models serve", log)
+        as_files = {"audio": [base64.b64encode(clip.read_bytes()).decode() for clip in clips]}
+        status, answer = invoke(url, as_files)
+        assert status == 200, answer
+        served = answer["predictions"]
+        assert [p["label"] for p in served] == [e["label"] for e in expected]
+        assert [p["confidence"] for p in served] == pytest.approx([e["confidence"] for e in expected], abs=1e-6)
+        waves = [sf.read(clip, dtype="float32")[0] for clip in clips]
+        status, answer = invoke(url, {"samples": [w.tolist() for w in waves]})
+        assert status == 200 and [p["label"] for p in answer["predictions"]] == [e["label"] for e in expected]
+        stereo = io.BytesIO()
+        sf.write(stereo, np.stack([resample(waves[0], 16000, 44100)] * 2, axis=1), 44100, format="WAV")
+        status, answer = invoke(url, {"audio": [base64.b64encode(stereo.getvalue()).decode()]})
+        assert status == 200 and answer["predictions"][0]["label"] == expected[0]["label"]
+        status, refused = invoke(url, {"audio": [base64.b64encode(b"<html>not audio</html>").decode()]})
+        assert status == 400
+        assert "clip 0: not readable audio" in refused["message"]
+        status, answer = invoke(url, as_files)
+        assert status == 200 and answer["predictions"] == served  # still up, same answers
+    finally:
+        stop_server(server)
+
+
+def test_earshot_stream_hears_each_keyword_once_where_it_is_said_from_a_file_and_from_stdin(story, tmp_path):
+    world = story["world"]
+    words = labels(world.settings)[:2]
+    noise = np.random.default_rng(1).normal(0, 0.05, 16000 * 7).astype(np.float32)  # as _background_noise_
+    said = {words[0]: 1.0, words[1]: 4.0}  # seconds
+    for word, at in said.items():
+        tone_wave = sf.read(sorted((story["good_drop"] / word).glob("*.wav"))[0], dtype="float32")[0]
+        noise[round(at * 16000) : round(at * 16000) + tone_wave.size] = tone_wave
+    recording = tmp_path / "long.wav"
+    sf.write(recording, noise, 16000, subtype="PCM_16")
+    command = [str(BIN / "earshot"), "stream", "--json", "--params", str(world.params_path)]
+
+    from_file = subprocess.run([*command, str(recording)], capture_output=True, text=True, cwd=world.root,
+                               timeout=300)
+    assert from_file.returncode == 0, from_file.stderr
+    events = [json.loads(line) for line in from_file.stdout.splitlines()]
+    assert [e["text"] for e in events] == words
+    for event in events:  # the window that fired overlaps the word
+        assert event["start_s"] < said[event["text"]] + 1.0 and event["end_s"] > said[event["text"]]
+        assert event["confidence"] >= 0.8
+
+    pcm = sf.read(recording, dtype="int16")[0].astype("<i2").tobytes()
+    from_stdin = subprocess.run([*command, "-"], input=pcm, capture_output=True, cwd=world.root, timeout=300)
+    assert from_stdin.returncode == 0, from_stdin.stderr
+    assert [json.loads(line) for line in from_stdin.stdout.decode().splitlines()] == events
 
 
 def test_rollback_moves_champion_back_and_is_logged(story):

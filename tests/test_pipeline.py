@@ -13,11 +13,13 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import yaml
 
 from components.config import Params
-from components.dataset import KwsData
+from components.dataset import FULL_SCALE, SILENCE, KwsData
+from components.export import onnx_predictions
 from components.review import MISTAKES
 from tests.conftest import PROJECT, free_port, tiny_settings, write_tree
 
@@ -105,6 +107,38 @@ def test_training_run_holds_what_a_reviewer_needs(dvc_repo):
     heard = files("review/misclassified")
     assert len(heard) == 2 * min(wrong, MISTAKES)
     assert {Path(name).suffix for name in heard} <= {".wav", ".png"}
+
+
+def test_earshot_predict_labels_the_test_split_as_the_pipeline_does(dvc_repo, tmp_path):
+    """The packaged model, from raw audio, gives the INT8 labels the pipeline gives from its stored features; those
+    agree with the evaluate stage's labels exactly as often as the export measured (its INT8 parity)."""
+    test = KwsData.load(dvc_repo / "data/features/kws").split("testing")
+    names = test.label_names
+    int8 = [names[i] for i in onnx_predictions(dvc_repo / "models/kws/model.int8.onnx", test.mels)]
+    files = [i for i, label in enumerate(test.labels.tolist()) if names[label] != SILENCE]
+    done = run(["earshot", "predict", "--model", "models/kws/package", "--json",
+                *(test.sources[i] for i in files)], dvc_repo)
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [a["file"] for a in answers] == [test.sources[i] for i in files]
+    assert [a["label"] for a in answers] == [int8[i] for i in files]
+    assert all(0.0 < a["confidence"] <= 1.0 for a in answers)
+    # Silence is cut from background files, so it goes in as samples, through MLflow's own loader.
+    silence = sorted(set(range(len(test.labels))) - set(files))
+    model = mlflow.pyfunc.load_model(str(dvc_repo / "models/kws/package"))
+    frame = pd.DataFrame({"samples": [(test.waves[i].float() / FULL_SCALE).tolist() for i in silence]})
+    assert model.predict(frame)["label"].tolist() == [int8[i] for i in silence]
+    with (dvc_repo / "reports/kws/predictions.csv").open() as rows:
+        evaluated = [row["predicted"] for row in csv.DictReader(rows)]
+    parity = json.loads((dvc_repo / "reports/kws/export.json").read_text())["parity"]
+    assert sum(map(str.__eq__, evaluated, int8)) / len(int8) == pytest.approx(parity)
+
+
+def test_earshot_predict_refuses_a_file_that_is_not_audio_in_one_line(dvc_repo, tmp_path):
+    fake = tmp_path / "notes.wav"
+    fake.write_text("meeting notes, not audio")
+    done = run(["earshot", "predict", "--model", "models/kws/package", str(fake)], dvc_repo, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"error: {fake}: not readable audio (Format not recognised.)"]
 
 
 def _loopback_listeners(port: int) -> list[str]:

@@ -26,6 +26,7 @@ from components.config import Tracking
 from components.export import FP32_FILE, INT8_FILE
 from components.registry import (
     CHAMPION,
+    MLMODEL,
     PREVIOUS,
     PromotionError,
     champion,
@@ -39,6 +40,7 @@ from components.registry import (
     reject,
     rollback,
 )
+from components.serving import ARTIFACTS
 
 
 def tiny_onnx(input_name: str = "mels") -> bytes:
@@ -102,14 +104,17 @@ def candidate(store: Store, tmp_path: Path) -> Callable[..., str]:
     """Log an export folder in a real run and register it as a new version of `name`; returns the version."""
     counter = itertools.count()
 
-    def make(name: str, gate: str = "passed", files: dict[str, bytes] = BOTH, key: str | None = None) -> str:
+    def make(name: str, gate: str = "passed", files: dict[str, bytes] = BOTH, key: str | None = None,
+             packaged: bool = True) -> str:
         folder = tmp_path / f"export-{next(counter)}"
-        folder.mkdir()
+        (folder / ARTIFACTS).mkdir(parents=True)
+        if packaged:  # the registry checks that an MLmodel file is there, not what it says
+            (folder / MLMODEL).write_text("flavors: {}\n")
+        for file, data in files.items():
+            (folder / ARTIFACTS / file).write_bytes(data)
         mlflow.set_tracking_uri(store.uri)
         with mlflow.start_run(experiment_id=store.experiment_id) as run:
-            for file, data in files.items():
-                (folder / file).write_bytes(data)
-                mlflow.log_artifact(str(folder / file), artifact_path="export")
+            mlflow.log_artifacts(str(folder), artifact_path="export")
         tags = {"gate": gate, "training_key": key or f"key-{folder.name}"}
         version = register_candidate(store.client, name, run.info.run_id, f"runs:/{run.info.run_id}/export", tags,
                                      f"## Gate {gate}\n")
@@ -221,6 +226,17 @@ def test_promote_refuses_an_export_that_cannot_serve(client: MlflowClient, name:
     assert one_passed_champion(client, name) == v1
 
 
+def test_promote_refuses_a_version_that_is_not_a_packaged_model(client: MlflowClient, name: str,
+                                                               candidate: Callable[..., str]) -> None:
+    version = candidate(name, packaged=False)
+
+    with pytest.raises(PromotionError, match=f"^model '{name}' version {version}: runs:/.* is not a packaged model "
+                                             f"\\(no {MLMODEL}\\)$"):
+        promote(client, name, version, "no MLmodel")
+
+    assert aliases(client, name) == {}
+
+
 def test_promote_refuses_the_current_champion_and_unknown_versions(client: MlflowClient, name: str,
                                                                    candidate: Callable[..., str]) -> None:
     v1, v2 = candidate(name), candidate(name)
@@ -320,7 +336,7 @@ def test_rollback_refuses_a_previous_that_cannot_serve(client: MlflowClient, nam
     # The stored export of v1 is damaged after it served.
     run_id = client.get_model_version(name, v1).run_id
     artifacts = Path(client.get_run(run_id).info.artifact_uri.removeprefix("file://"))
-    (artifacts / "export" / INT8_FILE).unlink()
+    (artifacts / "export" / ARTIFACTS / INT8_FILE).unlink()
 
     with pytest.raises(PromotionError, match=f"version {v1}: {re.escape(INT8_FILE)} missing"):
         rollback(client, name, "v2 is bad")

@@ -11,6 +11,7 @@ import mlflow
 import pytest
 import yaml
 
+from components.export import onnx_predictions
 from components.sound_data import SoundData
 from tests.conftest import tiny_settings
 from tests.test_pipeline import reproduced_repo, run
@@ -105,6 +106,22 @@ def test_featurized_clips_keep_their_length_domain_and_every_class_name(esc_repo
 
 def test_esc_second_repro_runs_nothing(esc_repo):
     assert "Running stage" not in run(["dvc", "repro"], esc_repo).stdout
+
+
+def test_earshot_predict_labels_the_holdout_fold_as_the_pipeline_does(esc_repo):
+    """From the raw files, the packaged model gives the labels the INT8 model gives the stored features of the
+    holdout fold, so its accuracy there is the export's INT8 accuracy."""
+    data = SoundData.load(esc_repo / "data/features/esc/clips.pt")
+    fold = json.loads((esc_repo / "reports/esc/metrics.json").read_text())["holdout"]["fold"]
+    holdout = data.subset([clip for clip in data.clips if clip.fold == fold])
+    int8 = [data.label_names[i] for i in onnx_predictions(esc_repo / "models/esc/model.int8.onnx", holdout.mels)]
+    done = run(["earshot", "predict", "--model", "models/esc/package", "--json",
+                *(str(clip.path) for clip in holdout.clips)], esc_repo)
+    answers = [json.loads(line)["label"] for line in done.stdout.splitlines()]
+    assert answers == int8
+    exported = json.loads((esc_repo / "reports/esc/export.json").read_text())
+    accuracy = sum(a == clip.label_name for a, clip in zip(answers, holdout.clips, strict=True)) / len(answers)
+    assert accuracy == pytest.approx(next(v for v in exported["variants"] if v["name"] == "onnx_int8")["accuracy"])
 
 
 def test_esc_goes_through_the_same_loop_gate_and_registry(esc_repo, prefect_api):

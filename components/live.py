@@ -1,0 +1,117 @@
+"""Live inference over a stream of audio: keywords or sound events by sliding window, speech by VAD + chunks.
+
+Audio arrives in chunks of any size; events come out as soon as the audio that decides them has arrived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+
+from components.acoustics import resample
+from components.config import Stream
+from components.dataset import SILENCE, UNKNOWN
+from components.serving import PackagedModel
+from components.streaming import Context, StreamingTranscriber
+
+# Sound events have no fixed length; two seconds hold most UrbanSound8K events whole (slices are at most four).
+SOUND_WINDOW_S = 2.0
+
+
+@dataclass(frozen=True)
+class Listening:
+    """How classifiers listen: a window every `hop_s`, an event when a label wins with at least `threshold`."""
+
+    hop_s: float = 0.1
+    threshold: float = 0.8
+    window_s: float | None = None  # None: the keyword model's clip length, SOUND_WINDOW_S for sound events
+    partials: bool = False  # speech: also the running (greedy) transcript of an utterance still being spoken
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """Something heard between start_s and end_s of the stream: a label (with its confidence) or a transcript."""
+
+    start_s: float
+    end_s: float
+    text: str
+    confidence: float | None = None
+    final: bool = True
+
+
+class WindowDetector:
+    """Classifies the latest window every hop; a label that wins (not silence or unknown, at or above the threshold)
+    is an event once, until another outcome wins a window: one spoken word is one event, not one per hop."""
+
+    def __init__(self, model: PackagedModel, cfg: Listening) -> None:
+        self.model, self.threshold = model, cfg.threshold
+        rate = model.sample_rate
+        seconds = cfg.window_s or (model.card["clip_samples"] / rate if model.track == "kws" else SOUND_WINDOW_S)
+        self.window, self.hop = round(seconds * rate), max(round(cfg.hop_s * rate), 1)
+        self.audio = np.zeros(0, np.float32)
+        self.start = 0  # stream position of audio[0], always the next window's start
+        self.classified = False
+        self.last: str | None = None
+
+    def push(self, samples: np.ndarray) -> list[StreamEvent]:
+        self.audio = np.concatenate([self.audio, np.asarray(samples, np.float32)])
+        events = []
+        while self.audio.size >= self.window:
+            events += self._classify(self.audio[: self.window])
+            self.audio, self.start = self.audio[self.hop :], self.start + self.hop
+        return events
+
+    def flush(self) -> list[StreamEvent]:
+        """A stream shorter than one window is still classified once."""
+        return self._classify(self.audio) if not self.classified and self.audio.size else []
+
+    def _classify(self, window: np.ndarray) -> list[StreamEvent]:
+        self.classified = True
+        heard = self.model.predict(window)
+        label = heard.label if heard.confidence >= self.threshold and heard.label not in (SILENCE, UNKNOWN) else None
+        previous, self.last = self.last, label
+        if label is None or label == previous:
+            return []
+        rate = self.model.sample_rate
+        return [StreamEvent(self.start / rate, (self.start + window.size) / rate, label, heard.confidence)]
+
+
+class TranscriptListener:
+    """The packaged speech model behind components.streaming: VAD, chunked decoding, a final per utterance."""
+
+    def __init__(self, model: PackagedModel, cfg: Listening) -> None:
+        self.partials = cfg.partials
+        self.transcriber = StreamingTranscriber(model.acoustic, Context.of(model.shape), model.front_end,
+                                                model.decoder.decode, Stream(**model.card["stream"]),
+                                                model.sample_rate)
+
+    def push(self, samples: np.ndarray) -> list[StreamEvent]:
+        return self._events(self.transcriber.push(samples))
+
+    def flush(self) -> list[StreamEvent]:
+        return self._events(self.transcriber.flush())
+
+    def _events(self, heard: list) -> list[StreamEvent]:
+        return [StreamEvent(e.start_s, e.end_s, e.text, None, e.final) for e in heard if e.final or self.partials]
+
+
+def listener(model: PackagedModel, cfg: Listening) -> WindowDetector | TranscriptListener:
+    """What listens to a stream for this model's track."""
+    return TranscriptListener(model, cfg) if model.track == "asr" else WindowDetector(model, cfg)
+
+
+def chunks(wave: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    """A recording handed over `size` samples at a time, as a live source would."""
+    for start in range(0, wave.size, size):
+        yield wave[start : start + size]
+
+
+def pcm_chunks(source: BinaryIO, size: int, rate: int, sample_rate: int) -> Iterator[np.ndarray]:
+    """Raw 16-bit little-endian mono PCM read `size` samples at a time (a blocking read waits for a whole chunk),
+    as float32 at `sample_rate`; another `rate` is resampled chunk by chunk, so only approximately at chunk edges."""
+    while raw := source.read(2 * size):
+        samples = np.frombuffer(raw[: len(raw) // 2 * 2], "<i2").astype(np.float32) / 32768
+        yield samples if rate == sample_rate else resample(samples, rate, sample_rate)
