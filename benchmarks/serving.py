@@ -61,7 +61,8 @@ def serve(model: Path, log: Path) -> tuple[subprocess.Popen, str]:
     with log.open("ab") as out:
         server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", str(model), "--env-manager", "local",
                                    "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                  env=os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})  # uvicorn
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:

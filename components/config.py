@@ -6,7 +6,7 @@ Unknown keys, wrong types and out-of-range values are refused with one line that
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -197,6 +197,33 @@ class Paths(Strict):
     clip_cache: Path = Path(".earshot/clips")
 
 
+class KeywordGate(Strict):
+    """What a custom keyword model must show: recall at the false-accept budget, held-out accuracy, INT8 figures."""
+
+    max_false_accepts_per_hour: Annotated[float, Field(ge=0.0)] = 1.0
+    min_recall: Annotated[float, Field(ge=0.0, le=1.0)] = 0.90
+    min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] = 0.85
+    min_int8_parity: Annotated[float, Field(ge=0.0, le=1.0)] = 0.98
+    max_int8_size_kib: Annotated[float, Field(gt=0.0)] = 1024.0
+
+
+class Keywords(Strict):
+    """Custom wake phrases (`earshot keywords add`): small heads on a speech encoder trained here once.
+
+    `encoder` and `head` override fields of components.encoder.EncoderSettings and
+    components.keywords.KeywordSettings, whose defaults are what benchmarks/transfer.py measured.
+    """
+
+    phrases: list[str] = Field(default_factory=lambda: ["hey device", "next", "stop"], min_length=1)
+    # "last_block" fine-tunes the encoder's last block with the head; "frozen" trains the head alone.
+    encoder_training: Literal["frozen", "last_block"] = "last_block"
+    # Keyword-free speech and noise the false accepts per hour are counted on.
+    negative_seconds: Annotated[float, Field(gt=0.0)] = 3600.0
+    encoder: dict[str, Any] = Field(default_factory=dict)
+    head: dict[str, Any] = Field(default_factory=dict)
+    gate: KeywordGate = KeywordGate()
+
+
 Track = Literal["kws", "asr", "esc"]
 
 
@@ -363,6 +390,7 @@ class Params(Strict):
     demo: Demo = Demo()
     asr: Asr | None = None
     esc: Esc | None = None
+    keywords: Keywords = Keywords()
 
     @property
     def out(self) -> Paths:

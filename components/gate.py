@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from components.config import AsrGate, Gate
+from components.config import AsrGate, Gate, KeywordGate
 from components.evaluate import LabelledClips, evaluate_predictions
 
 
@@ -41,6 +41,19 @@ class TranscriberCandidate:
 
 
 @dataclass(frozen=True)
+class KeywordCandidate:
+    """What the gate needs to know about a custom keyword model: its operating point on long streams (the threshold
+    with the best recall within the false-accept budget), held-out accuracy and INT8 figures."""
+
+    threshold: float
+    false_accepts_per_hour: float
+    recall: float
+    accuracy: float
+    int8_parity: float
+    int8_size_bytes: int
+
+
+@dataclass(frozen=True)
 class Check:
     name: str
     passed: bool
@@ -51,8 +64,8 @@ class Check:
 @dataclass(frozen=True)
 class GateReport:
     checks: tuple[Check, ...]
-    challenger: Candidate | TranscriberCandidate
-    champion: Candidate | TranscriberCandidate | None = None
+    challenger: Candidate | TranscriberCandidate | KeywordCandidate
+    champion: Candidate | TranscriberCandidate | KeywordCandidate | None = None
 
     @property
     def passed(self) -> bool:
@@ -146,6 +159,27 @@ def gate_transcriber(challenger: TranscriberCandidate, champion: TranscriberCand
               f"{challenger.int8_rtf:.3f}", f"≤ {cfg.max_int8_rtf:.3f}"),
         _size_check(challenger.int8_size_bytes, cfg.max_int8_size_kib),
     ]
+    return GateReport(tuple(checks), challenger, champion)
+
+
+def gate_keywords(challenger: KeywordCandidate, champion: KeywordCandidate | None, cfg: KeywordGate) -> GateReport:
+    """The wake-phrase gate: false accepts per hour within budget at the recall asked for (the figures such
+    products are judged by), held-out accuracy, INT8 parity and size; against a champion, recall must not drop."""
+    checks = [
+        Check("false accepts per hour", challenger.false_accepts_per_hour <= cfg.max_false_accepts_per_hour,
+              f"{challenger.false_accepts_per_hour:.2f} at threshold {challenger.threshold:.4f}",
+              f"≤ {cfg.max_false_accepts_per_hour:.2f}"),
+        Check("recall at that threshold", challenger.recall >= cfg.min_recall, _pct(challenger.recall),
+              f"≥ {_pct(cfg.min_recall)}"),
+        Check("held-out accuracy (other voices)", challenger.accuracy >= cfg.min_accuracy, _pct(challenger.accuracy),
+              f"≥ {_pct(cfg.min_accuracy)}"),
+        Check("INT8 parity with PyTorch", challenger.int8_parity >= cfg.min_int8_parity,
+              _pct(challenger.int8_parity), f"≥ {_pct(cfg.min_int8_parity)}"),
+        _size_check(challenger.int8_size_bytes, cfg.max_int8_size_kib),
+    ]
+    if champion is not None:
+        checks.append(Check("recall not lower than the champion's", challenger.recall >= champion.recall,
+                            f"{_pct(challenger.recall)} (was {_pct(champion.recall)})", f"≥ {_pct(champion.recall)}"))
     return GateReport(tuple(checks), challenger, champion)
 
 

@@ -95,8 +95,8 @@ class PackagedModel:
             return mel[:, :, : frame_count(self.features, self.sample_rate, samples)]
         if wave.size < spec.n_fft:
             raise AudioError(f"{wave.size} samples: too short for one log-mel frame ({spec.n_fft} samples)")
-        # Speech features are stored in half precision.
-        return self.front_end(torch.from_numpy(wave.astype(np.float32))[None]).half().float()
+        # As build_asr_data: one unbatched clip, stored in half precision (the rounding must match to the bit).
+        return self.front_end(torch.from_numpy(wave.astype(np.float32))).half().float()[None]
 
     def scores(self, mels: torch.Tensor) -> torch.Tensor:
         """Class probabilities (classes,) of one clip's log-mel, or log-probabilities (out_frames, vocab) of speech."""

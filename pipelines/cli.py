@@ -128,6 +128,32 @@ def drop(
     console.print(f"wrote drop {written}", soft_wrap=True, highlight=False)
 
 
+keywords_app = typer.Typer(no_args_is_help=True, help="Custom wake phrases: small heads on the earshot encoder.")
+app.add_typer(keywords_app, name="keywords")
+
+
+@app.command()
+def encoder(params: ParamsOption = Path("params.yaml")) -> None:
+    """Train the speech encoder custom keywords build on (synthesized words) and make it earshot-encoder@champion."""
+    from pipelines.keyword_stages import train_encoder_stage
+
+    train_encoder_stage(load_params(params))
+
+
+@keywords_app.command("add")
+def keywords_add(
+    phrases: Annotated[list[str] | None, typer.Argument(help="Phrases (default: keywords.phrases).")] = None,
+    drop: Annotated[Path | None, typer.Option(help="Real recordings to train on too: DROP/<phrase>/*.wav.")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Train a keyword model for the phrases on the champion encoder; export, gate and promote it like any model."""
+    from pipelines.keyword_stages import add_keywords
+
+    decision = add_keywords(load_params(params), phrases, drop)
+    console.print(f"{'promoted' if decision.promoted else 'refused'}: earshot-keywords version {decision.version}",
+                  highlight=False)
+
+
 @app.command()
 def retrain(
     drop: Annotated[Path | None, typer.Option(help="A drop folder to ingest first (needs --domain).")] = None,

@@ -55,7 +55,9 @@ def start_model_server(model_uri: str, store_uri: str, port: int, cwd: Path, log
         return subprocess.Popen(
             [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "--host",
              "127.0.0.1", "--port", str(port), "--workers", "1"], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, env=os.environ | {"MLFLOW_TRACKING_URI": store_uri})
+            start_new_session=True, env=os.environ | {"MLFLOW_TRACKING_URI": store_uri,
+                                                      # it starts `uvicorn` from PATH
+                                                      "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
 
 
 def invoke(url: str, columns: dict[str, list]) -> tuple[int, dict]:

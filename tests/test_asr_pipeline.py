@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
 import soundfile as sf
+import torch
 
-from components.asr_export import onnx_log_probs, transcribe
-from components.asr_model import load_transcriber
+from components.asr_export import onnx_log_probs
+from components.asr_model import load_transcriber, output_frames, pad_batch
 from components.config import load_params
+from components.dataset import read_audio
 from components.export import INT8_FILE
-from components.wer import score_transcripts
+from components.serving import ARTIFACTS, PackagedModel
 from pipelines import asr_stages
 from tests.conftest import tiny_settings
 from tests.test_pipeline import reproduced_repo, run
@@ -61,22 +64,29 @@ def test_asr_second_repro_runs_nothing(asr_repo):
 
 
 def test_earshot_predict_transcribes_the_test_split_as_the_pipeline_does(asr_repo, monkeypatch):
-    """From the raw files, the packaged model gives the transcripts the INT8 model gives the stored features, so
-    their WER is the export's INT8 WER; `earshot stream` on one of them prints final, timestamped transcripts."""
+    """From the raw files, the packaged model computes the very log-probabilities the INT8 model gives the stored
+    features, and `earshot predict` prints the pipeline's transcripts; `earshot stream` prints final, timestamped
+    transcripts."""
     monkeypatch.chdir(asr_repo)
     params = load_params("params.yaml")
     test = asr_stages.load_data(params).split("testing")
     model, card = load_transcriber(asr_stages.model_file(params))
-    int8, _ = transcribe(onnx_log_probs(params.out.model_dir / INT8_FILE), model, test,
-                         asr_stages.decoder_for(card, params))
+    acoustic, decoder = onnx_log_probs(params.out.model_dir / INT8_FILE), asr_stages.decoder_for(card, params)
     files = asr_stages.utterance_files(params).set_index("id")["file"]
+    packaged = PackagedModel(asr_repo / "models/asr/package" / ARTIFACTS)
+    stored = []
+    for mels, utterance in zip(test.mels, test.ids, strict=True):
+        stored.append(acoustic(pad_batch(model, [mels.float()]))[: output_frames(model, mels.shape[1])])
+        from_file = packaged.scores(packaged.log_mel(read_audio(Path(files[utterance]), params.asr.sample_rate)[0]))
+        assert torch.equal(from_file, stored[-1]), utterance
     done = run(["earshot", "predict", "--model", "models/asr/package", "--json", *(files[i] for i in test.ids)],
                asr_repo)
     answers = [json.loads(line)["transcript"] for line in done.stdout.splitlines()]
-    assert answers == int8
-    exported = json.loads((asr_repo / "reports/asr/export.json").read_text())
-    scored = score_transcripts(test.ids, test.texts, answers, [test.domain_names[d] for d in test.domains])
-    assert scored.wer == pytest.approx(next(v for v in exported["variants"] if v["name"] == "onnx_int8")["wer"])
+    # torchaudio's beam search breaks exact ties between hypotheses in memory order: decoding the same
+    # log-probabilities twice can differ where a 2-epoch model cannot tell words apart. Compare where it can.
+    stable = [i for i, lp in enumerate(stored) if len({decoder.decode(lp) for _ in range(5)}) == 1]
+    assert len(stable) >= len(stored) // 2
+    assert [answers[i] for i in stable] == [decoder.decode(stored[i]) for i in stable]
 
     streamed = run(["earshot", "stream", "--model", "models/asr/package", "--json", files[test.ids[0]]], asr_repo)
     seconds = sf.info(files[test.ids[0]]).duration
