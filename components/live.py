@@ -5,11 +5,13 @@ Audio arrives in chunks of any size; events come out as soon as the audio that d
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
+import torch
 
 from components.acoustics import resample
 from components.config import Stream
@@ -17,6 +19,7 @@ from components.dataset import SILENCE, UNKNOWN
 from components.serving import PackagedModel
 from components.streaming import Context, StreamingTranscriber
 
+DEFAULT_THRESHOLD = 0.8
 # Sound events have no fixed length; two seconds hold most UrbanSound8K events whole (slices are at most four).
 SOUND_WINDOW_S = 2.0
 
@@ -26,7 +29,7 @@ class Listening:
     """How classifiers listen: a window every `hop_s`, an event when a label wins with at least `threshold`."""
 
     hop_s: float = 0.1
-    threshold: float = 0.8
+    threshold: float | None = None  # None: the operating point a keyword model's gate measured, else 0.8
     window_s: float | None = None  # None: the keyword model's clip length, SOUND_WINDOW_S for sound events
     partials: bool = False  # speech: also the running (greedy) transcript of an utterance still being spoken
 
@@ -44,10 +47,16 @@ class StreamEvent:
 
 class WindowDetector:
     """Classifies the latest window every hop; a label that wins (not silence or unknown, at or above the threshold)
-    is an event once, until another outcome wins a window: one spoken word is one event, not one per hop."""
+    is an event once, until another outcome wins a window: one spoken word is one event, not one per hop.
+
+    A custom keyword model's package carries the threshold and score smoothing (mean of the last windows) its
+    false accepts per hour were measured with, so it listens as its gate judged it.
+    """
 
     def __init__(self, model: PackagedModel, cfg: Listening) -> None:
-        self.model, self.threshold = model, cfg.threshold
+        self.model = model
+        self.threshold = cfg.threshold if cfg.threshold is not None else model.card.get("threshold", DEFAULT_THRESHOLD)
+        self.recent: deque[torch.Tensor] = deque(maxlen=model.card.get("smooth_windows", 1))
         rate = model.sample_rate
         seconds = cfg.window_s or (model.card["clip_samples"] / rate if model.track == "kws" else SOUND_WINDOW_S)
         self.window, self.hop = round(seconds * rate), max(round(cfg.hop_s * rate), 1)
@@ -70,13 +79,16 @@ class WindowDetector:
 
     def _classify(self, window: np.ndarray) -> list[StreamEvent]:
         self.classified = True
-        heard = self.model.predict(window)
-        label = heard.label if heard.confidence >= self.threshold and heard.label not in (SILENCE, UNKNOWN) else None
+        self.recent.append(self.model.scores(self.model.log_mel(window)))
+        scores = torch.stack(tuple(self.recent)).mean(dim=0)
+        best = int(scores.argmax())
+        name, confidence = self.model.card["label_names"][best], float(scores[best])
+        label = name if confidence >= self.threshold and name not in (SILENCE, UNKNOWN) else None
         previous, self.last = self.last, label
         if label is None or label == previous:
             return []
         rate = self.model.sample_rate
-        return [StreamEvent(self.start / rate, (self.start + window.size) / rate, label, heard.confidence)]
+        return [StreamEvent(self.start / rate, (self.start + window.size) / rate, label, confidence)]
 
 
 class TranscriptListener:

@@ -110,7 +110,7 @@ def training_run(params: Params, run_file: Path, tags: dict[str, str], resume: b
         # The other track's settings do not shape this model; logged, they would only bury the ones that do.
         other_track = {"kws": {"asr", "esc"}, "asr": KWS_SETTINGS | {"esc"},
                        "esc": KWS_SETTINGS | {"asr", "augment"}}[params.track]
-        settings = flatten(params.model_dump(mode="json", exclude={"synthesis", "paths", "tracking", "demo",
+        settings = flatten(params.model_dump(mode="json", exclude={"synthesis", "paths", "tracking", "demo", "keywords",
                                                                    *other_track}))
         mlflow.log_params({k: str(v)[:6000] for k, v in settings.items()})
         write_text_atomically(run_file, json.dumps({"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,

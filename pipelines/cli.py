@@ -307,7 +307,9 @@ def stream(
     rate: Annotated[int | None, typer.Option(help="Sample rate of the PCM on stdin (default: the model's).")] = None,
     chunk_ms: Annotated[float, typer.Option(help="Audio handed over at a time, as a live source would.")] = 100.0,
     hop_ms: Annotated[float, typer.Option(help="Keywords, sound events: how often the window moves.")] = 100.0,
-    threshold: Annotated[float, typer.Option(help="Keywords, sound events: confidence an event needs.")] = 0.8,
+    threshold: Annotated[float | None, typer.Option(
+        help="Keywords, sound events: confidence an event needs (default: the model's gated operating point, "
+             "else 0.8).")] = None,
     window_s: Annotated[float | None, typer.Option(help="Sound events: window length (keywords: the model's).")] = None,
     partials: Annotated[bool, typer.Option(help="Speech: also print running transcripts.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per event.")] = False,
