@@ -71,7 +71,8 @@ def serve(model: Path, log: Path) -> tuple[subprocess.Popen, str]:
                 return server, url
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"mlflow models serve did not start; its log ends:\n{log.read_text()[-2000:]}")
+                ending = log.read_text()[-2000:]
+                raise SystemExit(f"mlflow models serve did not start; its log ends:\n{ending}") from None
             time.sleep(0.5)
 
 

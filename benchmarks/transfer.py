@@ -3,7 +3,7 @@
 One run makes everything: the word corpus (the keywords left out), the encoder, 20 takes of each new phrase, a
 held-out set of other talkers, an hour or more of keyword-free streams and streams with the phrases said in them.
 Targets: transfer beats scratch by >= 10 accuracy points; <= 1 false accept per hour at >= 90 % recall.
-Run: `.venv/bin/python benchmarks/transfer.py [--speakers 36 --epochs 10 --fa-hours 1.0 --cache DIR]`.
+Run: `.venv/bin/python benchmarks/transfer.py [--speakers 72 --epochs 20 --fa-hours 1.0 --scratch-lr 3e-4 --cache DIR]`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -38,6 +39,10 @@ PROJECT = Path(__file__).resolve().parents[1]
 MARGIN_TARGET_POINTS, RECALL_TARGET = 10.0, 0.90
 VARIANTS: dict[str, EncoderTraining] = {"transfer (frozen encoder)": "frozen",
                                         "transfer (last block fine-tuned)": "last_block", "scratch": "all"}
+# Scratch trains the whole encoder from random weights and wants a smaller step than fine-tuning one block: of
+# 3e-4 / 1e-3 / 3e-3 / 1e-2 it did best at 3e-4 (93.7 / 90.7 / 86.7 / 63.7 % held-out accuracy, 60 talkers). The fair
+# baseline gets its own best rate (transfer got its own too); the shared-rate run is shown for comparison.
+SCRATCH_LEARNING_RATE = 3e-4
 
 
 def main() -> None:
@@ -46,6 +51,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=EncoderSettings.epochs, help="encoder training epochs")
     parser.add_argument("--fa-hours", type=float, default=1.0, help="hours of keyword-free audio")
     parser.add_argument("--cache", type=Path, default=None, help="folder to keep the synthesized word corpus in")
+    parser.add_argument("--scratch-lr", type=float, default=SCRATCH_LEARNING_RATE,
+                        help="scratch's encoder learning rate (transfer fine-tuning uses KeywordSettings')")
     args = parser.parse_args()
     torch.set_num_threads(1)
     console, started, seconds = Console(width=150), time.perf_counter(), {}
@@ -73,13 +80,17 @@ def main() -> None:
     positives = positive_streams(kw, recipes, test_talkers)
     seconds["keyword clips and streams"] = time.perf_counter() - started - sum(seconds.values())
 
+    runs = [(name, mode, kw) for name, mode in VARIANTS.items() if mode != "all"]
+    runs.append((f"scratch (lr {args.scratch_lr:g})", "all", replace(kw, learning_rate=args.scratch_lr)))
+    if args.scratch_lr != kw.learning_rate:
+        runs.append((f"scratch, transfer's lr {kw.learning_rate:g} (not tuned)", "all", kw))
     rows = []
-    for name, mode in VARIANTS.items():
+    for name, mode, settings in runs:
         torch.manual_seed(kw.seed)  # the head's (and scratch encoder's) initial weights
         encoder = (copy.deepcopy(result.encoder) if mode != "all"
                    else WordEncoder(enc.features.n_mels, enc.model, enc.dim))
         model = KeywordModel(encoder, len(kw.labels), kw.hidden, kw.dropout, mode)
-        history = train_keyword_head(model, train, kw)
+        history = train_keyword_head(model, train, settings)
         curve = detection_curve(model, negatives, positives, kw)
         try:
             point = operating_point(curve, kw.max_fa_per_hour)
@@ -100,15 +111,20 @@ def main() -> None:
             else ("-", f"> {kw.max_fa_per_hour:g}", "-")
         table.add_row(name, f"{aug_acc:.1%}", f"{train_acc:.1%}", f"{test_acc:.1%}", *op)
     console.print(table)
-    margins = [(name, (test_acc - rows[-1][3]) * 100) for name, _, _, test_acc, *_ in rows[:-1]]
+    scratch = rows[2][3]  # the fair baseline: scratch at its own best learning rate
+    margins = [(name, (test_acc - scratch) * 100) for name, _, _, test_acc, *_ in rows[:2]]
     console.print(f"encoder: {len(corpus.words)} words x {enc.speakers} talkers ({len(corpus.waves)} clips), "
                   f"held-out-talker word accuracy {result.val_accuracy:.1%}; keywords never in its vocabulary")
     console.print(f"held-out set: {len(test.waves)} clips (phrases, _unknown_, _silence_ equally); "
                   f"streams: {fa_seconds / 3600:.2f} h keyword-free ({len(negatives)} streams), "
                   f"{said} keywords said in {len(positives)} streams")
-    console.print("held-out accuracy minus scratch's: " + ", ".join(f"{n} {m:+.1f} points" for n, m in margins)
+    console.print(f"held-out accuracy minus scratch's (lr {args.scratch_lr:g}): "
+                  + ", ".join(f"{n} {m:+.1f} points" for n, m in margins)
                   + f" (target >= {MARGIN_TARGET_POINTS:g}); operating point: best recall at <= "
                   f"{kw.max_fa_per_hour:g} FA/h (target recall >= {RECALL_TARGET:.0%})")
+    if len(rows) > 3:
+        console.print(f"(against the untuned scratch at lr {kw.learning_rate:g}: " + ", ".join(
+            f"{name} {(test_acc - rows[3][3]) * 100:+.1f}" for name, _, _, test_acc, *_ in rows[:2]) + " points)")
     for name, *_, point, curve in rows:
         # The curve around the operating point (or its low-threshold end when none meets the budget).
         at = curve.index(point) if point else 0

@@ -47,7 +47,9 @@ class EncoderSettings:
     the benchmark; tests shrink `speakers`, `words` and `epochs`."""
 
     seed: int = 20261124
-    speakers: int = 36  # each says every word once, in one of the domains (round robin)
+    # Each says every word once, in one of the domains (round robin). 72 talkers x 20 epochs: 97.0 % word accuracy on
+    # held-out talkers, against 80.5 % for 36 x 12 (and +1 point frozen / +1.7 fine-tuned keyword accuracy).
+    speakers: int = 72
     validation_speakers: int = 4  # the last speakers: held out to measure what the encoder learned
     words: int | None = None  # None: the whole grammar vocabulary (minus `exclude`); a number: its first words
     exclude: tuple[str, ...] = HELD_OUT_WORDS
@@ -56,7 +58,7 @@ class EncoderSettings:
     features: Features = field(default_factory=Features)
     model: Model = field(default_factory=lambda: Model(channels=64, blocks=4, kernel=9, dropout=0.1))
     dim: int = 128
-    epochs: int = 12
+    epochs: int = 20
     batch_size: int = 128
     learning_rate: float = 3e-3
     weight_decay: float = 0.01

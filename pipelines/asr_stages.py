@@ -61,6 +61,7 @@ UTTERANCE = "utterance"  # the one label of a speech-to-text data set, for its D
 
 SHARD_INDEX = "index.json"
 
+
 def synthesize(params: Params) -> dict[str, Path]:
     return synthesize_asr_corpus(params)
 

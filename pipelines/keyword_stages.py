@@ -31,6 +31,7 @@ from components.encoder import (
 from components.errors import EarshotError
 from components.export import export_models
 from components.features import LogMel, featurize
+from components.files import write_text_atomically
 from components.gate import GateReport, KeywordCandidate, gate_keywords
 from components.keywords import (
     KeywordClips,
@@ -48,7 +49,7 @@ from components.keywords import (
 from components.registry import CHAMPION, PREVIOUS, champion, promote, register_candidate, registry_client, reject
 from components.serving import package_model
 from components.tracking import flatten, use_store
-from pipelines.stages import PACKAGE_DIR, Decision, console, write_json
+from pipelines.stages import PACKAGE_DIR, Decision, console
 
 ENCODER_FILE = "encoder.pt"
 Settings = TypeVar("Settings", EncoderSettings, KeywordSettings)
@@ -233,8 +234,10 @@ def add_keywords(params: Params, phrases: list[str] | None = None, drop: Path | 
                             "negative_hours": sum(s.audio.size for s in negatives) / settings.sample_rate / 3600})
         mlflow.log_dict({"curve": [dataclasses.asdict(p) for p in curve]}, "evaluation/detection_curve.json")
         gate = gate_keywords(candidate, _champion_candidate(tracking, settings.phrases), cfg.gate)
-        mlflow.log_text(gate.to_markdown(), "gate/gate.md")
-        write_json(params.paths.reports / "keywords" / "gate.json", {"passed": gate.passed})
+        reports = params.paths.reports / "keywords"
+        write_text_atomically(reports / "gate.json", gate.to_json())
+        write_text_atomically(reports / "gate.md", gate.to_markdown())
+        mlflow.log_artifacts(str(reports), artifact_path="gate")
     console.print(gate.to_markdown(), highlight=False)
     return _decide(tracking, run.info.run_id, gate, tags | {
         "recall": str(point.recall), "false_accepts_per_hour": str(point.false_accepts_per_hour),

@@ -73,7 +73,7 @@ def test_encoder_and_keyword_model_are_registered_with_their_lineage(project):
     run = registry.get_run(keywords.run_id)
     assert {"held_out_accuracy", "false_accepts_per_hour", "recall", "threshold"} <= set(run.data.metrics)
     assert run.data.metrics["negative_hours"] == pytest.approx(20.0 / 3600, rel=0.5)
-    assert {Path(a.path).name for a in registry.list_artifacts(keywords.run_id, "gate")} == {"gate.md"}
+    assert {Path(a.path).name for a in registry.list_artifacts(keywords.run_id, "gate")} == {"gate.md", "gate.json"}
 
 
 def test_the_keyword_model_serves_like_any_packaged_model(project):
