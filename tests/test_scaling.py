@@ -20,6 +20,8 @@ import yaml
 from prefect.flows import load_flow_from_entrypoint
 
 from components.config import load_params
+from components.export import INT8_FILE
+from components.serving import ARTIFACTS
 from pipelines.flows import deployments
 from tests.conftest import PROJECT, free_port, healthy, start_mlflow_server, stop_server, wait_until, write_tree
 from tests.test_continuous import World
@@ -114,7 +116,8 @@ def test_a_retraining_records_everything_in_the_shared_postgres_store(shared_sto
     assert version.tags["training_key"] == training.data.tags["training_key"]
     # The files sit in the server's artifact root, not in the project's folder; the runs and versions in PostgreSQL.
     run_files = shared_store.artifact_root / experiment.experiment_id / training.info.run_id / "artifacts"
-    assert (run_files / "weights/model.pt").is_file() and (run_files / "export/model.int8.onnx").is_file()
+    assert (run_files / "weights/model.pt").is_file() and (run_files / "export/MLmodel").is_file()
+    assert (run_files / "export" / ARTIFACTS / INT8_FILE).is_file()
     assert not any((tmp_path / name).exists() for name in ("mlruns", "mlartifacts"))
     with psycopg.connect(shared_store.database) as connection:
         assert connection.execute("SELECT status FROM runs WHERE run_uuid = %s",
