@@ -107,6 +107,13 @@ class KeywordClips:
     label_names: list[str]
 
 
+def join_clips(*parts: KeywordClips) -> KeywordClips:
+    """One training set from several: takes of the phrases, negatives said by other talkers, a drop of recordings.
+    Talker indices stay each part's own."""
+    return KeywordClips(torch.cat([p.waves for p in parts]), torch.cat([p.labels for p in parts]),
+                        torch.cat([p.talkers for p in parts]), parts[0].label_names)
+
+
 def phrase_words(phrases: Sequence[str]) -> set[str]:
     return {word for phrase in phrases for word in phrase.lower().split()}
 
@@ -189,7 +196,8 @@ def phrase_clips(settings: KeywordSettings, recipes: Mapping[str, DomainRecipe],
                  for _ in range(unknown // len(talkers) + (index < unknown % len(talkers)))]
         cuts = speech // len(talkers) + (index < speech % len(talkers))
         material = crowd(recipe, others, settings.sample_rate, rng)
-        waves.append(_phrase_windows(talker, recipe, said, settings, rng))
+        if said:
+            waves.append(_phrase_windows(talker, recipe, said, settings, rng))
         if words:
             waves.append(render_clips([(w, jitter(talker.speaker, rng)) for w in words], recipe,
                                       settings.window_samples, settings.sample_rate, rng, material))

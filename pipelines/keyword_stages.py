@@ -40,6 +40,7 @@ from components.keywords import (
     accuracy,
     detection_curve,
     draw_talkers,
+    join_clips,
     negative_streams,
     operating_point,
     phrase_clips,
@@ -171,11 +172,6 @@ def recordings(drop: Path, settings: KeywordSettings) -> KeywordClips:
                         torch.full((len(files),), -1), settings.labels)
 
 
-def _joined(a: KeywordClips, b: KeywordClips) -> KeywordClips:
-    return KeywordClips(torch.cat([a.waves, b.waves]), torch.cat([a.labels, b.labels]),
-                        torch.cat([a.talkers, b.talkers]), a.label_names)
-
-
 def add_keywords(params: Params, phrases: list[str] | None = None, drop: Path | None = None) -> Decision:
     """Train, evaluate, export, gate and register a keyword model for `phrases` (default keywords.phrases) on the
     champion encoder, from synthesized takes (and real recordings in `drop`); promote it if the gate passes."""
@@ -188,7 +184,7 @@ def add_keywords(params: Params, phrases: list[str] | None = None, drop: Path | 
     train = phrase_clips(settings, recipes, train_talkers, takes=settings.takes, unknown=settings.unknown_clips,
                          silence=settings.silence_clips, group="training", speech=settings.speech_clips)
     if drop is not None:
-        train = _joined(train, recordings(drop, settings))
+        train = join_clips(train, recordings(drop, settings))
     test = phrase_clips(settings, recipes, test_talkers, takes=1, unknown=settings.test_speakers // 2,
                         silence=settings.test_speakers, group="testing",
                         speech=settings.test_speakers - settings.test_speakers // 2)
@@ -241,7 +237,7 @@ def add_keywords(params: Params, phrases: list[str] | None = None, drop: Path | 
     console.print(gate.to_markdown(), highlight=False)
     return _decide(tracking, run.info.run_id, gate, tags | {
         "recall": str(point.recall), "false_accepts_per_hour": str(point.false_accepts_per_hour),
-        "held_out_accuracy": str(held_out), "threshold": str(point.threshold)})
+        "held_out_accuracy": str(held_out), "threshold": str(point.threshold), "int8_parity": str(report.parity)})
 
 
 def _champion_candidate(tracking: Tracking, phrases: tuple[str, ...]) -> KeywordCandidate | None:
@@ -251,7 +247,7 @@ def _champion_candidate(tracking: Tracking, phrases: tuple[str, ...]) -> Keyword
         return None
     tags = current.tags
     return KeywordCandidate(float(tags["threshold"]), float(tags["false_accepts_per_hour"]), float(tags["recall"]),
-                            float(tags["held_out_accuracy"]), float(tags.get("int8_parity", "nan")), 0)
+                            float(tags["held_out_accuracy"]), float(tags["int8_parity"]), 0)
 
 
 def _decide(tracking: Tracking, run_id: str, gate: GateReport, tags: dict[str, str]) -> Decision:

@@ -99,3 +99,19 @@ def test_an_unknown_head_setting_is_refused_in_one_line(project, tmp_path):
     done = earshot(tmp_path, "keywords", "add", check=False)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[0].startswith("error: params.yaml: keywords.head.epoch: unknown setting")
+
+
+def test_a_retrained_keyword_model_is_judged_against_the_champion(project):
+    """Runs last in this file: it moves the champion alias."""
+    registry = client(project)
+    first = registry.get_model_version_by_alias("earshot-keywords", CHAMPION)
+    earshot(project, "keywords", "add", "--drop", str(project / "drop"))
+    gate = json.loads((project / "reports/keywords/gate.json").read_text())
+    assert gate["champion"]["recall"] == pytest.approx(float(first.tags["recall"]))
+    assert gate["champion"]["int8_parity"] == pytest.approx(float(first.tags["int8_parity"]))
+    versus = next(c for c in gate["checks"] if c["name"] == "recall not lower than the champion's")
+    assert versus["passed"] == (gate["challenger"]["recall"] >= gate["champion"]["recall"])
+    second = registry.get_model_version(first.name, str(int(first.version) + 1))
+    assert second.tags["gate"] == ("passed" if gate["passed"] else "refused")
+    assert registry.get_model_version_by_alias(first.name, CHAMPION).version == (
+        second.version if gate["passed"] else first.version)

@@ -36,6 +36,7 @@ from components.keywords import (
     detect,
     draw_talkers,
     false_accepts_per_hour,
+    join_clips,
     negative_streams,
     operating_point,
     phrase_clips,
@@ -152,6 +153,20 @@ def test_phrase_clips_are_labelled_sized_and_reproducible(clips: KeywordClips) -
                          group="training")
     assert torch.equal(again.waves, clips.waves)
     assert draw_talkers(RECIPES, 4, s.seed, "testing") != draw_talkers(RECIPES, 4, s.seed, "training")
+
+
+def test_takes_of_some_talkers_join_negatives_of_others(clips: KeywordClips) -> None:
+    """The benchmark's split: a few talkers say the phrases, other talkers (every room) give the negatives."""
+    s = TINY_KEYWORDS
+    team = draw_talkers({"car": RECIPES["car"]}, 1, s.seed, "phrases")
+    takes = phrase_clips(s, RECIPES, team, takes=3, unknown=0, silence=0, group="phrases")
+    negatives = phrase_clips(s, RECIPES, draw_talkers(RECIPES, 2, s.seed, "training"), takes=0, unknown=4,
+                             silence=4, group="training")
+    assert torch.bincount(takes.labels, minlength=5).tolist() == [3, 3, 3, 0, 0]
+    assert torch.bincount(negatives.labels, minlength=5).tolist() == [0, 0, 0, 4, 4]
+    joined = join_clips(takes, negatives)
+    assert torch.equal(joined.waves, torch.cat([takes.waves, negatives.waves]))
+    assert torch.equal(joined.labels[9:], negatives.labels) and joined.label_names == clips.label_names
 
 
 class Loudness(nn.Module):
