@@ -88,12 +88,21 @@ def _manifest_entries(drop: Path) -> list[dict[str, object]]:
     entries = []
     for row in rows:
         given = (row.get("path") or "").strip()
-        target = (drop / given).resolve()
-        inside = bool(given) and target.is_relative_to(root) and target.is_file()
         split = (row.get("split") or "").strip()
-        entries.append({"file": given, "path": target if inside else None, "label": (row.get("label") or "").strip(),
+        entries.append({"file": given, "path": _file_inside(root, given), "label": (row.get("label") or "").strip(),
                         "speaker": (row.get("speaker") or "").strip(), "split": split})
     return entries
+
+
+def _file_inside(root: Path, given: str) -> Path | None:
+    """The file a manifest row names when it is one inside the drop; None for anything else (so the row is refused)."""
+    if not given:
+        return None
+    try:
+        target = (root / given).resolve()
+        return target if target.is_relative_to(root) and target.is_file() else None
+    except (OSError, ValueError):  # a NUL byte or a name too long for the file system names no file
+        return None
 
 
 def drop_fingerprint(facts: pd.DataFrame) -> str:
