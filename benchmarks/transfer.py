@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from components.config import Model, load_params
+from components.config import DomainRecipe, Model, load_params
 from components.encoder import (
     EncoderSettings,
     WordEncoder,
@@ -54,6 +54,7 @@ TRANSFER: dict[str, EncoderTraining] = {"transfer, frozen encoder": "frozen",
 # Scratch trains the whole encoder from random weights and wants smaller steps than fine-tuning one block; it gets
 # the best of these on the held-out set itself, which can only flatter it.
 SCRATCH_LEARNING_RATES = (1e-4, 3e-4, 1e-3)
+Recipes = dict[str, DomainRecipe]
 
 
 @dataclass(frozen=True)
@@ -94,10 +95,10 @@ class Row:
             return None
 
 
-def pretrained_encoder(args: argparse.Namespace, console: Console) -> tuple[WordEncoder, Architecture, str]:
+def pretrained_encoder(args: argparse.Namespace, recipes: Recipes,
+                       console: Console) -> tuple[WordEncoder, Architecture, str]:
     """The encoder from --encoder, or trained here on the synthesized word corpus; its architecture (what scratch
     starts from, with random weights) and a line saying what it is."""
-    recipes = load_params(PROJECT / "params.yaml").synthesis.domains
     if args.encoder:
         encoder, card = load_encoder(args.encoder)
         words, speakers, val = card["words"], card["speakers"], card["val_accuracy"]
@@ -126,10 +127,11 @@ def train_and_score(encoder: WordEncoder, mode: EncoderTraining, train: KeywordC
     return model, accuracy(model, train, settings), accuracy(model, test, settings)
 
 
-def benchmark_source(source: Source, encoder: WordEncoder, architecture: Architecture, negatives: KeywordClips,
-                     test: KeywordClips, streams: tuple[list[Stream], list[Stream]], console: Console) -> list[Row]:
+def benchmark_source(source: Source, recipes: Recipes, encoder: WordEncoder, architecture: Architecture,
+                     negatives: KeywordClips, test: KeywordClips, streams: tuple[list[Stream], list[Stream]],
+                     console: Console) -> list[Row]:
     """The frozen and fine-tuned transfer models and the best scratch model trained on `source`'s 20 examples."""
-    kw, recipes = KeywordSettings(), load_params(PROJECT / "params.yaml").synthesis.domains
+    kw = KeywordSettings()
     rooms = {name: recipes[name] for name in source.domains or recipes}
     talkers = draw_talkers(rooms, source.talkers, kw.seed, "phrases")
     takes = phrase_clips(kw, rooms, talkers, takes=source.takes, unknown=0, silence=0, group="phrases")
@@ -162,8 +164,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     console, started = Console(width=160), time.perf_counter()
-    encoder, architecture, about_encoder = pretrained_encoder(args, console)
     kw, recipes = KeywordSettings(), load_params(PROJECT / "params.yaml").synthesis.domains
+    encoder, architecture, about_encoder = pretrained_encoder(args, recipes, console)
     # The scarce part is the phrases; negatives cost nothing, so every source gets the same ones, from every room.
     negatives = phrase_clips(kw, recipes, draw_talkers(recipes, kw.train_speakers, kw.seed, "training"), takes=0,
                              unknown=kw.unknown_clips, silence=kw.silence_clips, group="training",
@@ -175,7 +177,7 @@ def main() -> None:
     streams = (negative_streams(kw, recipes, test_talkers, args.fa_hours * 3600),
                positive_streams(kw, recipes, test_talkers))
     rows = [row for source in SOURCES
-            for row in benchmark_source(source, encoder, architecture, negatives, test, streams, console)]
+            for row in benchmark_source(source, recipes, encoder, architecture, negatives, test, streams, console)]
 
     table = Table(title=f"custom keywords {list(kw.phrases)}, 20 examples each; held-out: {len(test.waves)} clips of "
                         f"{kw.test_speakers} other talkers in every room (phrases, _unknown_, _silence_ equally)")
