@@ -6,6 +6,7 @@ Reverb, mixing, resampling and normalising also take (clips, samples) batches, w
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -16,6 +17,10 @@ import torchaudio
 from components.config import NoiseKind
 
 _EPS = 1e-12
+# torchaudio's resampler builds a (new/gcd) x (old/gcd) sinc kernel: for the common rates (44.1 kHz to 16 kHz:
+# 160 x 441) that is small, for rates sharing no large divisor (44 101 Hz: 16 000 x 44 101) it is gigabytes and
+# killed a test worker. Past this size, polyphase filtering, whose memory grows with the larger factor only.
+MAX_SINC_KERNEL = 1_000_000
 _SPECTRAL_EXPONENT = {"none": 0.0, "white": 0.0, "pink": 1.0, "brown": 2.0}
 # Coloured noise is cut below this: inaudible drift would otherwise dominate long brown noise and skew SNRs.
 _HIGHPASS_HZ = 20.0
@@ -157,6 +162,10 @@ def resample(x: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
 
     Batching many signals into one call computes the sinc kernel once, which dominates the cost of short clips.
     """
+    divisor = math.gcd(orig_rate, new_rate)
+    up, down = new_rate // divisor, orig_rate // divisor
+    if up * down > MAX_SINC_KERNEL:
+        return scipy.signal.resample_poly(np.asarray(x, np.float32), up, down, axis=-1).astype(np.float32)
     return torchaudio.functional.resample(torch.from_numpy(np.asarray(x, np.float32)), orig_rate, new_rate).numpy()
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio
 from rich.progress import Progress
 
+from components.acoustics import resample
 from components.config import Dataset
 from components.errors import EarshotError
 from components.features import featurize
@@ -33,6 +33,9 @@ SPLIT_FILES = {"validation": "validation_list.txt", "testing": "testing_list.txt
 SHARD_INDEX = "index.json"  # domain -> fingerprint of a folder of per-domain feature shards
 MAX_NUM_WAVS_PER_CLASS = 2**27 - 1  # the constant Speech Commands' split hash is defined with
 FULL_SCALE = 32767.0
+# Below this a header's rate is a damaged one (telephone speech is 8 kHz); upsampling from it would multiply the
+# samples by thousands.
+MIN_AUDIO_RATE = 1000
 
 
 class AudioError(EarshotError):
@@ -109,10 +112,10 @@ def decode_audio(raw: bytes, path: Path, sample_rate: int) -> np.ndarray:
         raise AudioError(f"{path}: no samples")
     if not np.isfinite(audio).all():
         raise AudioError(f"{path}: contains NaN or infinite samples")
+    if rate < MIN_AUDIO_RATE:
+        raise AudioError(f"{path}: sample rate {rate} Hz is not audio (at least {MIN_AUDIO_RATE} Hz)")
     mono = audio.mean(axis=1)
-    if rate != sample_rate:
-        mono = torchaudio.functional.resample(torch.from_numpy(mono), rate, sample_rate).numpy()
-    return mono
+    return mono if rate == sample_rate else resample(mono, rate, sample_rate)
 
 
 def fit_length(wave: np.ndarray, samples: int) -> np.ndarray:

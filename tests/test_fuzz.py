@@ -147,3 +147,21 @@ def test_dataset_metadata_rows_are_read_or_refused_in_one_line(tmp_path: Path, l
     else:
         assert all(clip.path.resolve().is_relative_to(root.resolve()) and clip.path.is_file() for clip in clips)
     assert files_under(tmp_path) == before
+
+
+def _wav(rate: int, seconds: float) -> bytes:
+    tone = 0.5 * np.sin(2 * np.pi * 1000.0 * np.arange(round(rate * seconds)) / rate)
+    buffer = io.BytesIO()
+    sf.write(buffer, tone.astype(np.float32), rate, format="WAV")
+    return buffer.getvalue()
+
+
+def test_a_rate_sharing_no_divisor_with_16_khz_decodes_and_a_damaged_rate_is_refused() -> None:
+    """A mutated header once gave 44 101 Hz, and resampling it built a 16 000 x 44 101 sinc kernel that took a test
+    worker to 21 GB; such rates now go through polyphase filtering."""
+    audio = decode_audio(_wav(44101, 1.0), Path("odd.wav"), RATE)
+    assert audio.shape == (RATE,)
+    assert np.argmax(np.abs(np.fft.rfft(audio))) == 1000  # 1 Hz bins: the 1 kHz tone is where it was
+    with pytest.raises(AudioError) as refused:
+        decode_audio(_wav(3, 30.0), Path("damaged.wav"), RATE)
+    assert str(refused.value) == "damaged.wav: sample rate 3 Hz is not audio (at least 1000 Hz)"
