@@ -19,6 +19,7 @@ from components.augment import spec_augment
 from components.config import Params
 from components.ctc import BLANK_ID, encode_text, greedy_decode
 from components.errors import EarshotError
+from components.seeding import seeded_generator
 from components.train import restore_checkpoint, run_fingerprint, save_checkpoint
 
 # How far batch lengths are jittered before sorting (a fraction of each length), so batches differ every epoch.
@@ -84,9 +85,7 @@ def train_transcriber(
 ) -> TranscriberTrainResult:
     """Train a Transcriber on the training split, keeping the weights of the best validation epoch."""
     cfg = params.asr.train
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(params.seed)
-    gen = torch.Generator().manual_seed(params.seed)
+    gen = seeded_generator(params.seed, cfg.threads)
     train, val = data.split("training"), data.split("validation")
     for split, part in (("training", train), ("validation", val)):
         if not part.texts:

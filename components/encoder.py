@@ -31,6 +31,7 @@ from components.features import LogMel, featurize
 from components.files import atomic_path
 from components.grammar import vocabulary
 from components.model import _conv_bn, save_model
+from components.seeding import seeded_generator
 from components.speech import SPEECH_RATE, Speaker, reset_engine
 
 # Words a transfer experiment may use as new keywords: never in the encoder's vocabulary.
@@ -227,8 +228,7 @@ def train_encoder(corpus: WordCorpus, settings: EncoderSettings,
     if not 0 < settings.validation_speakers < settings.speakers:
         raise EarshotError(f"encoder: validation_speakers {settings.validation_speakers} must be in "
                            f"1..{settings.speakers - 1}")
-    torch.manual_seed(settings.seed)
-    gen = torch.Generator().manual_seed(settings.seed)
+    gen = seeded_generator(settings.seed)
     front_end = LogMel(settings.features, settings.sample_rate)
     mels = word_mels(corpus, front_end)
     held_out = corpus.speakers >= settings.speakers - settings.validation_speakers

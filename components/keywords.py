@@ -26,6 +26,7 @@ from components.encoder import WordEncoder, crowd, in_domain, render_clips, say
 from components.errors import EarshotError
 from components.features import LogMel, frame_count
 from components.grammar import sample_sentences, vocabulary
+from components.seeding import seeded_generator
 from components.speech import Speaker
 
 EncoderTraining = Literal["frozen", "last_block", "all"]
@@ -254,8 +255,7 @@ def train_keyword_head(model: KeywordModel, clips: KeywordClips,
     """Train the model's trainable part on `clips` in place (AdamW, cosine schedule, time shift, the silence
     clips as background noise, SpecAugment), seeded; one rule for transfer and scratch alike. Returns each
     epoch's loss and accuracy on the augmented training batches."""
-    torch.manual_seed(settings.seed)  # dropout draws from the global generator
-    gen = torch.Generator().manual_seed(settings.seed)
+    gen = seeded_generator(settings.seed)
     front_end = LogMel(settings.features, settings.sample_rate)
     background = clips.waves[clips.labels == settings.labels.index(SILENCE)].flatten()
     # Classes weigh the same in the loss: 20 takes of a phrase against hundreds of `_unknown_` cuts.

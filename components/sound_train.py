@@ -21,6 +21,7 @@ from components.acoustics import resample
 from components.augment import spec_augment
 from components.config import Augment, Features, SoundTraining
 from components.features import BATCH_CLIPS, LOG_FLOOR, LogMel, frame_count
+from components.seeding import seeded_generator
 from components.sound_events import SoundClip, SoundDatasetError, check_sources_disjoint, folds_split
 from components.sound_model import SoundEventNet
 
@@ -180,8 +181,7 @@ def train_fold(train: Sequence[SoundClip], validation: Sequence[SoundClip], mels
     Best is highest validation accuracy, then lowest loss. Every random choice follows `seed`. on_epoch gets each
     epoch's row of the history as it ends.
     """
-    torch.manual_seed(seed)  # initial weights and dropout
-    gen = torch.Generator().manual_seed(seed)  # batch order, SpecAugment masks, mixup partners
+    gen = seeded_generator(seed)  # also batch order, SpecAugment masks, mixup partners
     mix_weights = np.random.default_rng(seed)  # torch samples Beta only from its global generator
     n_mels = next(iter(mels.values())).shape[0]
     model = SoundEventNet(n_mels=n_mels, n_classes=n_classes, channels=settings.channels, blocks=settings.blocks,

@@ -22,6 +22,7 @@ from components.dataset import FULL_SCALE, KwsData
 from components.features import LogMel
 from components.files import atomic_path
 from components.model import KeywordSpotter
+from components.seeding import seeded_generator
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,7 @@ def train_model(
     """
     cfg, sample_rate, world = params.train, params.dataset.sample_rate, distributed.current()
     # train.threads is the machine's: its ranks share them.
-    torch.set_num_threads(max(1, cfg.threads // world.local_size))
-    torch.manual_seed(params.seed)
-    gen = torch.Generator().manual_seed(params.seed)
+    gen = seeded_generator(params.seed, max(1, cfg.threads // world.local_size))
     train, val = data.split("training"), data.split("validation")
     waves, noise = train.float_waves(), data.noise.float() / FULL_SCALE
     front_end = LogMel(params.features, sample_rate)
