@@ -20,6 +20,7 @@ import torch
 from components.config import Export, Model
 from components.export import FP32_FILE, INT8_FILE, ExportReport, ParityError, export_models
 from components.model import KeywordSpotter
+from tests.conftest import training_seed
 
 N_MELS, FRAMES, CLASSES = 40, 49, 12
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -46,10 +47,10 @@ def data() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def model(data: dict[str, torch.Tensor]) -> KeywordSpotter:
-    torch.manual_seed(0)
+    torch.manual_seed(training_seed())
     net = KeywordSpotter(N_MELS, CLASSES, Model(channels=32, blocks=2))
     opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(training_seed())
     for _ in range(60):
         idx = torch.randint(0, len(data["train_mels"]), (64,), generator=g)
         loss = torch.nn.functional.cross_entropy(net(data["train_mels"][idx]), data["train_labels"][idx])

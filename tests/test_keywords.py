@@ -44,6 +44,7 @@ from components.keywords import (
     train_keyword_head,
     window_scores,
 )
+from tests.conftest import training_seed
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -56,8 +57,8 @@ TINY_KEYWORDS = KeywordSettings(train_speakers=2, takes=2, unknown_clips=4, sile
 
 @pytest.fixture(scope="module")
 def trained() -> EncoderResult:
-    torch.set_num_threads(1)
-    return train_encoder(synthesize_word_corpus(TINY_ENCODER, RECIPES), TINY_ENCODER)
+    settings = replace(TINY_ENCODER, seed=training_seed())
+    return train_encoder(synthesize_word_corpus(settings, RECIPES), settings)
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from components.sound_train import (
     pad_log_mels,
     train_fold,
 )
+from tests.conftest import training_seed
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,7 +52,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[SoundClip]:
 
 def run(clips: list[SoundClip], folds: list[int], settings: SoundTraining = TINY) -> CrossValidation:
     mels = clip_log_mels(clips, sample_rate=RATE, features=FEATURES, min_frames=min_frames(settings.blocks))
-    return cross_validate(clips, mels, folds=folds, settings=settings, seed=0)
+    return cross_validate(clips, mels, folds=folds, settings=settings, seed=training_seed())
 
 
 @pytest.fixture(scope="module")
