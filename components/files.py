@@ -40,3 +40,15 @@ def write_csv(path: Path, rows: list[dict[str, object]], fields: list[str]) -> N
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomically(path, buffer.getvalue())
+
+
+def contained_file(root: Path, path: Path) -> tuple[Path | None, str]:
+    """`path` resolved when it is a file inside resolved `root`, else None and why. The one check every reader of
+    a drop passes first, so a symlink, `..` or absolute name that leads out of the drop is refused unread."""
+    try:
+        target = Path(path).resolve()
+        if not target.is_relative_to(Path(root).resolve()):
+            return None, f"leads outside the drop (to {target})"
+        return (target, "") if target.is_file() else (None, "names no file")
+    except (OSError, RuntimeError, ValueError) as err:  # a symlink loop, a NUL byte, a name too long
+        return None, f"cannot be resolved ({err})"

@@ -29,7 +29,7 @@ from components.dataset import (
     which_set,
 )
 from components.errors import EarshotError
-from components.files import write_csv, write_text_atomically
+from components.files import contained_file, write_csv, write_text_atomically
 from components.validate import ValidationReport, facts_frame, validate_drop
 
 MANIFEST = "manifest.csv"
@@ -56,19 +56,27 @@ class IngestReport:
 
 
 def read_drop(drop: Path, validation_percentage: float, testing_percentage: float) -> list[dict[str, object]]:
-    """The entries of a drop, from its manifest.csv or its Speech Commands layout; DropError if unusable."""
+    """The entries of a drop, from its manifest.csv or its Speech Commands layout; DropError if unusable.
+
+    Every entry's path has passed contained_file: one that leads out of the drop is None, with its reason.
+    """
     drop = Path(drop)
     if not drop.is_dir():
         raise DropError(f"{drop}: not a folder")
+    for name in (MANIFEST, *SPLIT_FILES.values()):  # the files a layout reads before any audio
+        target, why = contained_file(drop, drop / name)
+        if target is None and os.path.lexists(drop / name):
+            raise DropError(f"{drop / name}: {why}")
     if (drop / MANIFEST).is_file():
         entries = _manifest_entries(drop)
     else:
         clips, _ = index_speech_commands(drop, (validation_percentage, testing_percentage))
-        entries = [{"file": f"{c.word}/{c.path.name}", "path": c.path, "label": c.word, "speaker": c.speaker,
-                    "split": c.split} for c in clips]
+        entries = [{"file": f"{c.word}/{c.path.name}", "label": c.word, "speaker": c.speaker, "split": c.split}
+                   for c in clips]
     if not entries:
         raise DropError(f"{drop}: no audio files (expected {MANIFEST} or <word>/<speaker>_nohash_<n>.wav)")
     for entry in entries:
+        entry["path"], entry["path_error"] = contained_file(drop, drop / entry["file"])
         if not entry["split"]:
             entry["split"] = which_set(f"{entry['speaker']}_nohash_0.wav", validation_percentage, testing_percentage)
     return entries
@@ -84,25 +92,9 @@ def _manifest_entries(drop: Path) -> list[dict[str, object]]:
     missing = [c for c in ("path", "label", "speaker") if c not in header]
     if missing:
         raise DropError(f"{manifest}: missing column(s) {', '.join(missing)} (expected path,label,speaker[,split])")
-    root = drop.resolve()
-    entries = []
-    for row in rows:
-        given = (row.get("path") or "").strip()
-        split = (row.get("split") or "").strip()
-        entries.append({"file": given, "path": _file_inside(root, given), "label": (row.get("label") or "").strip(),
-                        "speaker": (row.get("speaker") or "").strip(), "split": split})
-    return entries
-
-
-def _file_inside(root: Path, given: str) -> Path | None:
-    """The file a manifest row names when it is one inside the drop; None for anything else (so the row is refused)."""
-    if not given:
-        return None
-    try:
-        target = (root / given).resolve()
-        return target if target.is_relative_to(root) and target.is_file() else None
-    except (OSError, ValueError):  # a NUL byte or a name too long for the file system names no file
-        return None
+    return [{"file": (row.get("path") or "").strip(), "label": (row.get("label") or "").strip(),
+             "speaker": (row.get("speaker") or "").strip(), "split": (row.get("split") or "").strip()}
+            for row in rows]
 
 
 def drop_fingerprint(facts: pd.DataFrame) -> str:
@@ -156,15 +148,16 @@ def data_version(trees: dict[str, Path]) -> str:
 
 def recover_interrupted(root: Path) -> None:
     """Finish or undo a publish a crash cut short: the old tree comes back, a half-built staging tree goes."""
-    for retired in Path(root).glob(".*.retired"):
-        final = retired.with_name(retired.name[1 : -len(".retired")])
+    retired, staged = list(Path(root).glob(".*.retired")), list(Path(root).glob(".*.staging"))
+    for old in retired:
+        final = old.with_name(old.name[1 : -len(".retired")])
         if final.exists():
-            shutil.rmtree(retired)
+            shutil.rmtree(old)
         else:
-            os.rename(retired, final)
-    for staging in Path(root).glob(".*.staging"):
+            os.rename(old, final)
+    for staging in staged:
         shutil.rmtree(staging)
-    if Path(root).is_dir():
+    if retired or staged:  # else nothing changed: a refused drop leaves no trace, not even an empty ledger
         write_ledger(root)
 
 
@@ -236,7 +229,6 @@ def ingest_drop(params: Params, drop: Path, domain: str, docs_root: Path, progre
     """Validate a drop, quarantine its bad files, publish the good ones into `domain`, record the new version."""
     cfg, syn = params.ingest, params.synthesis
     root = Path(cfg.root)
-    root.mkdir(parents=True, exist_ok=True)
     recover_interrupted(root)
     if not domain.replace("_", "").replace("-", "").isalnum() or domain.startswith(("_", ".")):
         raise DropError(f"{domain!r}: a domain name is letters, digits, '_' and '-'")

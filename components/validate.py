@@ -43,7 +43,8 @@ FILE_SUITE, DROP_SUITE, DOCS_SITE = "earshot_drop_files", "earshot_drop", "earsh
 TRAINING_SUITE = "earshot_training_data"
 RESULT_FORMAT = {"result_format": "COMPLETE", "unexpected_index_column_names": ["file"]}
 # An observed "False" alone says little; this fact of the same row says why.
-DETAIL = {"readable": "error", "duplicate": "sha256", "speaker_conflict": "speaker", "label_share": "task_label"}
+DETAIL = {"path_ok": "error", "readable": "error", "duplicate": "sha256", "speaker_conflict": "speaker",
+          "label_share": "task_label"}
 
 
 class ValidationError(EarshotError):
@@ -125,7 +126,7 @@ def facts_frame(
         task = bar.add_task("probing audio", total=len(entries))
         for entry in entries:
             path, speaker, split = entry["path"], entry["speaker"], entry["split"]
-            facts = probe_audio(path) if path is not None else UNREAD
+            facts = probe_audio(path) if path is not None else UNREAD | {"error": entry.get("path_error", "")}
             held_split = speaker_splits.setdefault(speaker, split)
             rows.append({"file": entry["file"], "label": entry["label"], "speaker": speaker, "split": split,
                          "path_ok": path is not None, **facts,

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
 
 from components.config import Params
 from components.corpus import render_domain
-from components.drops import write_drop
-from components.ingest import LEDGER, ingest_drop, ledger_rows, recover_interrupted
+from components.drops import Layout, write_drop
+from components.ingest import LEDGER, MANIFEST, ingest_drop, ledger_rows, recover_interrupted
 from tests.conftest import tiny_settings
 
 BIN = Path(sys.executable).parent
@@ -29,16 +32,27 @@ def tree_digest(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> tuple[Path, Params]:
-    """A tiny base corpus (the held data) and params.yaml pointing at it, in a folder of its own."""
-    root = tmp_path_factory.mktemp("ingest")
-    settings = tiny_settings(root)
+def held_corpus(tmp_path_factory) -> dict:
+    """A tiny base corpus (the held data), rendered once; the settings that point at it."""
+    settings = tiny_settings(tmp_path_factory.mktemp("held"))
     settings["synthesis"]["speakers_per_domain"] = 6
     params = Params.model_validate(settings)
     for domain in params.synthesis.domains:
         render_domain(params, domain, progress=False)
+    return settings
+
+
+@pytest.fixture
+def workspace(held_corpus, tmp_path) -> tuple[Path, Params]:
+    """A project of this test's own over the held corpus: its ingested domains, ledger (drops.csv) and quarantine
+    start empty, so no test sees another's drops whatever the order or worker."""
+    root = tmp_path / "project"
+    settings = copy.deepcopy(held_corpus)
+    settings["ingest"] |= {"root": str(root / "data/domains"), "quarantine": str(root / "data/quarantine")}
+    settings["paths"]["reports"] = str(root / "reports")
+    root.mkdir()
     (root / "params.yaml").write_text(yaml.safe_dump(settings))
-    return root, params
+    return root, Params.model_validate(settings)
 
 
 def earshot(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -125,6 +139,8 @@ def test_drop_with_one_dominant_label_is_rejected_whole(workspace, tmp_path):
 def test_ingestion_killed_midway_leaves_the_old_version(workspace, tmp_path):
     """SIGKILL while the staged tree is being written: the dataset stays at its old version, and recovers."""
     root, params = workspace
+    ingest_drop(params, write_drop(params, "kitchen_caribbean", tmp_path / "old", speakers=3, drop_seed=7,
+                                   progress=False), "kitchen", tmp_path / "docs", progress=False)
     drop = write_drop(params, "kitchen_caribbean", tmp_path / "big", speakers=12, drop_seed=23, progress=False)
     ingest_root = Path(params.ingest.root)
     before, versions = tree_digest(ingest_root), [r["data_version"] for r in ledger_rows(ingest_root)]
@@ -146,3 +162,69 @@ def test_ingestion_killed_midway_leaves_the_old_version(workspace, tmp_path):
     report = ingest_drop(params, drop, "kitchen", tmp_path / "docs", progress=False)
     assert not report.already_ingested and report.accepted > 0
     assert (ingest_root / LEDGER).read_text().count("\n") == len(versions) + 2  # header + one new row
+
+
+@pytest.mark.parametrize("link", ["file", "folder"])
+@pytest.mark.parametrize("layout", get_args(Layout))
+def test_a_symlink_out_of_the_drop_is_quarantined_unread_on_every_layout(workspace, tmp_path, layout, link):
+    """Good clips outside the drop, reached through a symlink to one of them or to their word folder: refused for
+    leading out, so they are neither published nor copied to the quarantine, and the rest of the drop goes in."""
+    root, params = workspace
+    drop = write_drop(params, "kitchen_caribbean", tmp_path / "drop", speakers=3, layout=layout, drop_seed=5,
+                      progress=False)
+    manifest = drop / MANIFEST
+    clips = len(list(drop.glob("*/*.wav")))
+    outside = tmp_path / "outside"
+    (outside / "left").mkdir(parents=True)
+    if link == "file":
+        some_clip = next(p for p in sorted(drop.glob("*/*.wav")) if "yes" in str(p.relative_to(drop)))
+        secret = shutil.copy(some_clip, outside / "zed_nohash_0.wav")
+        secret.write_bytes(secret.read_bytes()[:-64] + bytes(64))  # bytes of its own: not refused as a duplicate
+        name = "yes/zed_nohash_0.wav" if layout == "speech_commands" else "audio/zed-yes-0.wav"
+        (drop / name).symlink_to(secret)
+        if layout == "manifest":
+            with manifest.open("a", newline="") as rows:
+                csv.writer(rows).writerow([name, "yes", "zed"])
+        clips += 1
+        targets = {name: secret.resolve()}
+    else:  # the clips of "left" moved out of the drop, a symlink to their folder left in it
+        left = {p: f"left/{p.name}" for p in drop.glob("*/*.wav") if "left" in str(p.relative_to(drop))}
+        for clip in left:
+            shutil.move(clip, outside / "left" / clip.name)
+        if layout == "speech_commands":
+            (drop / "left").rmdir()
+        (drop / "left").symlink_to(outside / "left", target_is_directory=True)
+        if layout == "manifest":
+            text = manifest.read_text()
+            for clip, name in left.items():
+                text = text.replace(str(clip.relative_to(drop)), name)
+            manifest.write_text(text)
+        targets = {name: (outside / name).resolve() for name in left.values()}
+    originals, outside_files = tree_digest(drop), tree_digest(outside)
+
+    report = ingest_drop(params, drop, "kitchen", tmp_path / "docs", progress=False)
+    refused = {r.file: r for r in report.validation.rejections}
+    assert set(refused) == set(targets) and report.accepted == clips - len(targets) > 0
+    for file, target in targets.items():
+        assert refused[file].expectation == "expect_column_values_to_be_in_set(path_ok)"
+        assert refused[file].observed == f"False (leads outside the drop (to {target}))"
+    reasons = list(csv.DictReader((report.quarantine / "reasons.csv").open()))
+    assert {r["file"] for r in reasons} == set(targets)
+    assert not (report.quarantine / "files").exists()  # nothing outside was copied in
+    held = {hashlib.sha256(p.read_bytes()).hexdigest() for p in Path(params.ingest.root).rglob("*.wav")}
+    assert not held & set(outside_files.values())
+    assert tree_digest(drop) == originals and tree_digest(outside) == outside_files
+
+
+@pytest.mark.parametrize("name", ["manifest.csv", "validation_list.txt"])
+def test_a_layout_file_that_leads_out_of_the_drop_refuses_the_drop(workspace, tmp_path, name):
+    root, params = workspace
+    drop = write_drop(params, "kitchen_caribbean", tmp_path / "drop", speakers=2, drop_seed=5, progress=False)
+    elsewhere = tmp_path / "elsewhere.txt"
+    shutil.copy(drop / MANIFEST, elsewhere)
+    (drop / name).unlink(missing_ok=True)
+    (drop / name).symlink_to(elsewhere)
+    done = earshot(["ingest", str(drop), "--domain", "kitchen", "--params", str(root / "params.yaml")], root)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"error: {drop / name}: leads outside the drop (to {elsewhere})"
+    assert not Path(params.ingest.root).exists()
