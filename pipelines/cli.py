@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections import Counter
 from pathlib import Path
@@ -385,6 +386,10 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # MLflow draws a progress bar for every champion download (a few KiB); the stage lines say enough.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Ctrl-C stops every command, even one started with SIGINT ignored, as a non-interactive shell starts a background
+    # job (`earshot serve &`) and CI runners pass on: Python then installs no KeyboardInterrupt handler, so Prefect's
+    # runner, which shuts down on KeyboardInterrupt, outlived Ctrl-C. `earshot worker` execs with it restored too.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         # An MLflow server that is down would otherwise surface as a many-line MlflowException.
         with reaching_store():
@@ -399,9 +404,7 @@ def main() -> None:
         sys.exit(usage.exit_code)
     except click.exceptions.Exit as stop:
         sys.exit(stop.exit_code)
-    except click.Abort:
-        sys.exit(1)
-    except KeyboardInterrupt:
+    except (click.Abort, KeyboardInterrupt):  # click turns a Ctrl-C outside a prompt into Abort too
         err_console.print("interrupted")
         sys.exit(130)
     except Exception as err:  # noqa: BLE001 - a user sees one line; --debug shows the traceback

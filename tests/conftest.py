@@ -3,6 +3,7 @@ servers on loopback (an `mlflow server`) that tests start and stop."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -192,6 +193,17 @@ def prefect_api() -> Iterator[str]:
     """A real Prefect API (a local server in a subprocess) for the whole session; yields its URL."""
     with prefect_test_harness(server_startup_timeout=120):
         yield PREFECT_API_URL.value()
+
+
+def read_api(method: str, **filters) -> list:
+    """Call one read method of the Prefect client against the test API."""
+    from prefect.client.orchestration import get_client
+
+    async def call() -> list:
+        async with get_client() as client:
+            return await getattr(client, method)(**filters)
+
+    return asyncio.run(call())
 
 
 @pytest.fixture
