@@ -55,6 +55,14 @@ def reproduced_repo(repo: Path, settings: dict) -> Path:
     return repo
 
 
+def changed_copy(repo: Path, to: Path) -> Path:
+    """A copy of a module's reproduced repo for a test that changes it: the others read the repo as `dvc repro` left
+    it, in whatever order they run (pytest-randomly shuffles them). The copy starts an MLflow store of its own, since
+    the original's records its artifact locations as absolute paths into the original repo."""
+    shutil.copytree(repo, to, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db", "mlruns"))
+    return to
+
+
 def test_dvc_repro_builds_every_stage_output(dvc_repo):
     metrics = json.loads((dvc_repo / "reports/kws/metrics.json").read_text())
     assert set(metrics["per_domain"]) == {"studio_us", "car_scottish"}
@@ -69,16 +77,17 @@ def test_dvc_repro_builds_every_stage_output(dvc_repo):
     assert "per_domain" in shown
 
 
-def test_second_repro_runs_nothing_and_one_param_reruns_only_downstream(dvc_repo):
-    again = run(["dvc", "repro"], dvc_repo)
+def test_second_repro_runs_nothing_and_one_param_reruns_only_downstream(dvc_repo, tmp_path):
+    repo = changed_copy(dvc_repo, tmp_path / "repo")
+    again = run(["dvc", "repro"], repo)
     assert "Running stage" not in again.stdout
-    params = yaml.safe_load((dvc_repo / "params.yaml").read_text())
+    params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["epochs"] = 2
-    (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    changed = run(["dvc", "repro"], dvc_repo).stdout
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = run(["dvc", "repro"], repo).stdout
     ran = {line.split("'")[1] for line in changed.splitlines() if line.startswith("Running stage")}
     assert ran == {"train", "evaluate", "export", "gate"}
-    assert json.loads((dvc_repo / "models/kws/train_metrics.json").read_text())["epochs_run"] <= 2
+    assert json.loads((repo / "models/kws/train_metrics.json").read_text())["epochs_run"] <= 2
 
 
 def test_training_run_is_in_mlflow_with_data_version_and_model(dvc_repo):
@@ -188,28 +197,29 @@ def test_corrupt_audio_stops_featurize_with_one_line_naming_the_file(tmp_path):
 
 
 def test_ingested_drop_is_a_new_data_version_in_git_and_dvc_and_repro_picks_it_up(dvc_repo, tmp_path):
-    run(["git", "add", "-A"], dvc_repo)
-    run(["git", "commit", "-qm", "pipeline"], dvc_repo)
-    params = Params.model_validate(yaml.safe_load((dvc_repo / "params.yaml").read_text()))
+    repo = changed_copy(dvc_repo, tmp_path / "repo")
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "pipeline"], repo)
+    params = Params.model_validate(yaml.safe_load((repo / "params.yaml").read_text()))
     drop = tmp_path / "drop"
-    run(["earshot", "drop", "kitchen_caribbean", str(drop), "--speakers", "4"], dvc_repo)
-    done = run(["earshot", "ingest", str(drop), "--domain", "kitchen"], dvc_repo)
+    run(["earshot", "drop", "kitchen_caribbean", str(drop), "--speakers", "4"], repo)
+    done = run(["earshot", "ingest", str(drop), "--domain", "kitchen"], repo)
     assert "data version" in done.stdout
-    head = run(["git", "log", "-1", "--format=%s"], dvc_repo).stdout
-    version = next(r for r in csv.DictReader((dvc_repo / params.ingest.root / "drops.csv").open()))["data_version"]
+    head = run(["git", "log", "-1", "--format=%s"], repo).stdout
+    version = next(r for r in csv.DictReader((repo / params.ingest.root / "drops.csv").open()))["data_version"]
     assert version in head
-    assert (dvc_repo / "data/domains/kitchen.dvc").is_file()
-    assert "kitchen" not in run(["git", "status", "--porcelain"], dvc_repo).stdout
-    status = json.loads(run(["dvc", "status", "--json"], dvc_repo).stdout)
+    assert (repo / "data/domains/kitchen.dvc").is_file()
+    assert "kitchen" not in run(["git", "status", "--porcelain"], repo).stdout
+    status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
     assert set(status) == {"featurize"}  # the data itself is clean; only the stage that reads it is stale
-    untouched = (dvc_repo / "data/features/kws/studio_us.pt").stat().st_mtime_ns
-    ran = run(["dvc", "repro", "featurize"], dvc_repo).stdout
+    untouched = (repo / "data/features/kws/studio_us.pt").stat().st_mtime_ns
+    ran = run(["dvc", "repro", "featurize"], repo).stdout
     assert "Running stage 'featurize'" in ran
-    shards = json.loads((dvc_repo / "data/features/kws/index.json").read_text())
+    shards = json.loads((repo / "data/features/kws/index.json").read_text())
     assert list(shards) == ["studio_us", "car_scottish", "kitchen"]  # params order, then ingested domains
-    assert (dvc_repo / "data/features/kws/studio_us.pt").stat().st_mtime_ns == untouched  # only kitchen was built
-    assert "kitchen" in KwsData.load(dvc_repo / "data/features/kws").domain_names
-    run(["dvc", "repro", "train"], dvc_repo)
-    run_id = json.loads((dvc_repo / "models/kws/run.json").read_text())["run_id"]
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{dvc_repo / 'mlflow.db'}")
+    assert (repo / "data/features/kws/studio_us.pt").stat().st_mtime_ns == untouched  # only kitchen was built
+    assert "kitchen" in KwsData.load(repo / "data/features/kws").domain_names
+    run(["dvc", "repro", "train"], repo)
+    run_id = json.loads((repo / "models/kws/run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     assert client.get_run(run_id).data.tags["ingested_data_version"] == version
