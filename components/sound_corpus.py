@@ -9,7 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -348,7 +349,9 @@ def plan_sources(*, clips_per_class: int, domains: Sequence[str], max_slices_per
     """Every source of the corpus: 1..max slices each, exactly clips_per_class slices per class, fsIDs unique.
 
     Folds are filled largest source first, each into the fold with the fewest slices of its class (then overall),
-    so folds stay balanced although a source is never split; domains take turns within each class.
+    so folds stay balanced although a source is never split. Domains are then spread evenly over the sources of
+    every class and of every fold at once (equitable_colouring): a class or fold of at least len(domains) sources
+    holds every domain, so each test fold can be scored per domain.
     """
     rng = np.random.default_rng([seed, _PLAN])
     drafts: list[tuple[int, int, str, int, int]] = []
@@ -366,9 +369,64 @@ def plan_sources(*, clips_per_class: int, domains: Sequence[str], max_slices_per
             class_counts[fold] += sizes[stream]
             fold_totals[fold] += sizes[stream]
             drafts.append((class_id, fold + 1, turns[stream], sizes[stream], stream))
+    # The turns already spread each class's domains evenly; the recolouring evens out the folds and keeps that.
+    names = sorted(set(domains))
+    colours = equitable_colouring([(class_id, fold) for class_id, fold, *_ in drafts],
+                                  [names.index(domain) for _, _, domain, *_ in drafts], len(names))
     # Freesound-like ids: random six-digit numbers, so no id says which class or fold it belongs to.
     fs_ids = rng.choice(900_000, size=len(drafts), replace=False) + 100_000
-    return [SourcePlan(int(fs_id), *draft) for fs_id, draft in zip(fs_ids, drafts, strict=True)]
+    return [SourcePlan(int(fs_id), class_id, fold, names[colour], slices, stream)
+            for fs_id, (class_id, fold, _, slices, stream), colour in zip(fs_ids, drafts, colours, strict=True)]
+
+
+def equitable_colouring(edges: Sequence[tuple[int, int]], colours: Sequence[int], k: int) -> list[int]:
+    """`colours` (0..k-1) of the edges of a bipartite multigraph (left vertex, right vertex), recoloured until they
+    are equitable: at every vertex, any two colours' edge counts differ by at most one (de Werra, 1971).
+
+    While a vertex has two colours a, b apart by two or more, the edges coloured a or b are recoloured alternately
+    along trails (_alternate), which evens a against b at every vertex. Each such pass lowers the sum over vertices
+    of squared colour counts, so the loop ends. An already equitable colouring is returned unchanged.
+    """
+    ends = [(("left", u), ("right", v)) for u, v in edges]
+    colours = list(colours)
+    while True:
+        counts = Counter((end, colour) for pair, colour in zip(ends, colours, strict=True) for end in pair)
+        vertices = sorted({end for pair in ends for end in pair})
+        uneven = next(((a, b) for vertex in vertices for a in range(k) for b in range(k)
+                       if counts[vertex, a] - counts[vertex, b] >= 2), None)
+        if uneven is None:
+            return colours
+        _alternate(ends, colours, *uneven)
+
+
+def _alternate(ends: Sequence[tuple[Hashable, Hashable]], colours: list[int], a: int, b: int) -> None:
+    """Recolour the edges coloured a or b in place: split them into trails, each starting at a vertex of odd degree
+    while there is one, and colour each trail a, b, a, ... along it.
+
+    A trail passing through a vertex gives it one a and one b; a closed trail is of even length in a bipartite graph,
+    so its start gets one of each too; a vertex ends at most one open trail. So a and b counts end up at most one
+    apart at every vertex.
+    """
+    mine = [i for i, colour in enumerate(colours) if colour in (a, b)]
+    unused: dict[Hashable, list[int]] = defaultdict(list)
+    for i in mine:
+        for end in ends[i]:
+            unused[end].append(i)
+    done: set[int] = set()
+    order = sorted(unused)
+
+    def degree(vertex: Hashable) -> int:
+        return sum(i not in done for i in unused[vertex])
+
+    while len(done) < len(mine):
+        vertex = next((v for v in order if degree(v) % 2), None) or next(v for v in order if degree(v))
+        colour = a
+        while (edge := next((i for i in unused[vertex] if i not in done), None)) is not None:
+            done.add(edge)
+            colours[edge] = colour
+            colour = b if colour == a else a
+            left, right = ends[edge]
+            vertex = right if vertex == left else left
 
 
 def _crowd(sample_rate: int, seed: int) -> list[np.ndarray]:

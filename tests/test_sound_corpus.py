@@ -19,6 +19,7 @@ from components.sound_corpus import (
     SOUND_MODELS,
     SoundDomain,
     band_pass,
+    equitable_colouring,
     plan_sources,
     source_domains,
     synthesize_urbansound,
@@ -106,6 +107,20 @@ def test_plan_keeps_sources_whole_and_every_class_in_every_fold() -> None:
             per_fold[plan.fold] += plan.slices
         assert len(per_fold) == 10 and max(per_fold.values()) - min(per_fold.values()) <= 6
         assert Counter(p.domain for p in mine).keys() == {"a", "b", "c"}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_domain_colouring_evens_out_every_class_and_every_fold(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    edges = [(int(u), int(v)) for u, v in rng.integers(0, [10, 10], size=(300, 2))]
+    start = [0] * len(edges)  # the worst start: every source of one domain
+    colours = equitable_colouring(edges, start, 3)
+    for side in (0, 1):
+        counts = Counter((edge[side], colour) for edge, colour in zip(edges, colours, strict=True))
+        for vertex in {edge[side] for edge in edges}:
+            per_colour = [counts[vertex, c] for c in range(3)]
+            assert max(per_colour) - min(per_colour) <= 1, (side, vertex, per_colour)
+    assert equitable_colouring(edges, colours, 3) == colours  # an equitable colouring is kept as it is
 
 
 def test_every_source_names_its_domain(corpus: tuple[Path, list[SoundClip]]) -> None:
