@@ -348,11 +348,13 @@ def test_one_old_domain_regressing_is_refused_even_when_the_average_improves(pre
     world = World(tmp_path)
     first = world.retrain()
     assert first["outcome"] == "promoted"
-    # Someone ingested a batch into lab_a with "yes" and "no" swapped (training speakers only), and no retrain.
+    # Someone ingested a batch into lab_a with "yes" and "no" swapped (training speakers only), and no retrain. Its
+    # 30 speakers span lab_a's pitches densely (0.97..1.03 times 301 Hz and up, never a held clip's exact audio), so
+    # five wrong labels to one right one on the same tones: the challenger hears lab_a's test "yes" and "no" swapped.
     mislabeled = world.root / "vendor"
-    swapped = pitches(world.settings, 300.0)
+    swapped = pitches(world.settings, 301.0)
     swapped["yes"], swapped["no"] = swapped["no"], swapped["yes"]
-    write_tree(mislabeled, swapped, speakers("v", 30, "training"), detune=20)
+    write_tree(mislabeled, swapped, speakers("v", 30, "training"), detune=-15)
     stages.ingest(world.params, mislabeled, "lab_a")
     # Then a good drop of a new domain lands: the challenger gains far more on lab_b than it loses on lab_a.
     result = world.retrain(world.drop("lab_b", 1600.0), "lab_b")
