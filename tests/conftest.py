@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -236,3 +237,10 @@ def write_tree(root: Path, words: dict[str, float], speakers: list[str], rate: i
     sf.write(root / "_background_noise_" / "white_noise.wav", noise, rate, subtype="PCM_16")
     (root / "README.md").write_text("not audio, as in the real dataset\n")
     return root
+
+
+def chance_tail(correct: int, clips: int, classes: int) -> float:
+    """P(at least `correct` of `clips` right) for a guesser that picks one of `classes` at random: how likely a score
+    this high is by chance alone (the binomial tail), so a test can say a model learned at a stated significance."""
+    p = 1.0 / classes
+    return sum(math.comb(clips, k) * p**k * (1 - p) ** (clips - k) for k in range(correct, clips + 1))

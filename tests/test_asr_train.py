@@ -23,7 +23,8 @@ def asr_params(root, **asr) -> Params:
     settings["asr"]["domains"] = {"studio_us": str(root / "studio_us"), "car_scottish": str(root / "car_scottish")}
     settings["asr"]["model"] = {"channels": 48, "blocks": 2, "kernel": 5, "lookahead": 1, "subsampling": 2,
                                 "dropout": 0.0}
-    settings["asr"]["train"] = {"epochs": 40, "batch_size": 4, "learning_rate": 0.01, "patience": 40, "threads": 1}
+    settings["asr"]["train"] = {"epochs": 120, "batch_size": 4, "learning_rate": 0.01, "patience": 120,
+                                "threads": 1}
     settings["augment"] |= {"masks": 0}
     for key, value in asr.items():
         settings["asr"][key] |= value
