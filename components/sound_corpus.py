@@ -389,9 +389,9 @@ def equitable_colouring(edges: Sequence[tuple[int, int]], colours: Sequence[int]
     """
     ends = [(("left", u), ("right", v)) for u, v in edges]
     colours = list(colours)
+    vertices = sorted({end for pair in ends for end in pair})
     while True:
         counts = Counter((end, colour) for pair, colour in zip(ends, colours, strict=True) for end in pair)
-        vertices = sorted({end for pair in ends for end in pair})
         uneven = next(((a, b) for vertex in vertices for a in range(k) for b in range(k)
                        if counts[vertex, a] - counts[vertex, b] >= 2), None)
         if uneven is None:
