@@ -37,7 +37,15 @@ import yaml
 
 from components.config import load_params
 from components.export import FP32_FILE, INT8_FILE
-from components.registry import CHAMPION, PREVIOUS, champion, finish_decision, promotion_log, register_candidate
+from components.registry import (
+    CHAMPION,
+    PREVIOUS,
+    champion,
+    finish_decision,
+    gated_version,
+    promotion_log,
+    register_candidate,
+)
 from pipelines import stages
 from tests.conftest import free_port, start_mlflow_server, stop_server
 from tests.test_continuous import BIN, World
@@ -268,10 +276,7 @@ def test_a_retried_decision_registers_no_second_version(world: World) -> None:
     report = stages.gate_stage(world.params)
     versions = len(world.client.search_model_versions(f"name='{world.name}'"))
     # The newest version of this run's training key (the store-down test registers a spare under a key of its own).
-    run_id = json.loads((world.params.out.model_dir / "run.json").read_text())["run_id"]
-    key = world.client.get_run(run_id).data.tags["training_key"]
-    of_key = world.client.search_model_versions(f"name='{world.name}' and tags.training_key='{key}'")
-    newest = str(max(int(v.version) for v in of_key))
+    newest = str(gated_version(world.client, world.name, stages.training_key(world.params)).version)
     log_before = promotion_log(world.client, world.name)
 
     decision = stages.decide(world.params, report, None)
