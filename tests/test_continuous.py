@@ -90,9 +90,11 @@ class World:
         settings["export"]["min_parity"] = 0.9
         # Margins no seed crosses (make test-flaky). A domain has 36 test clips, one is 2.8 points: a good drop
         # scores about 80 % or more on its domain and may flip a couple of old clips by chance, a shuffled drop
-        # scores < 20 %, and the yes/no swap below flips six clips of lab_a (16.7 points).
+        # scores < 20 %, and the yes/no swap below flips six clips of lab_a (16.7 points). A model this small may
+        # relabel one of its six golden clips by chance (seed 3 turned a silence clip into _unknown_), so one of six
+        # may change: the loop still pins and reports them, and tests/test_gate.py checks the check itself.
         settings["gate"] |= {"min_new_domain_accuracy": 0.6, "min_int8_parity": 0.9, "golden_clips": 6,
-                             "max_domain_regression_points": 9.0} | gate
+                             "max_golden_changed": 1, "max_domain_regression_points": 9.0} | gate
         settings["continuous"] = {"incoming": str(root / "incoming"), "lock": str(root / "retrain.lock")}
         self.params_path = root / "params.yaml"
         self.params_path.write_text(yaml.safe_dump(settings, sort_keys=False))

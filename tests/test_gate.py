@@ -69,6 +69,15 @@ def test_new_domain_below_its_floor_and_golden_clips_that_change_are_refused():
     assert next(c for c in report.failures if c.name.startswith("golden")).observed == "1 of 3 changed: b"
 
 
+def test_golden_clips_may_change_up_to_the_allowed_count():
+    golden = {"a": "yes", "b": "stop", "c": "up"}
+    challenger = candidate({"studio_us": 0.97, "office_uk": 0.96}, golden={"a": "yes", "b": "no", "c": "go"})
+    verdicts = [gate_challenger(challenger, CHAMPION, CFG.model_copy(update={"max_golden_changed": allowed}),
+                                golden_labels=golden) for allowed in (1, 2)]
+    assert "golden clips keep their labels" in failed(verdicts[0])  # two changed, one allowed
+    assert verdicts[1].passed, verdicts[1].to_markdown()
+
+
 def test_first_model_has_no_champion_to_compare_with_and_reports_render():
     report = gate_challenger(candidate({"studio_us": 0.96}), None, CFG)
     assert report.passed and all("regression" not in c.name for c in report.checks)
