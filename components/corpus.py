@@ -1,7 +1,8 @@
 """The synthesized keyword corpus: one Google Speech Commands v2 tree per acoustic domain of params.synthesis.
 
-Each domain is espeak-ng talkers in synthetic rooms over procedural noise, so domain shift can be staged offline;
-the tree layout and split lists match the real dataset, so one loader reads both.
+Each domain is talkers of several synthesizers (espeak-ng, Piper, Kokoro) in synthetic rooms over procedural noise,
+so domain shift can be staged offline; the tree layout and split lists match the real dataset, so one loader reads
+both. speakers.csv names each speaker's engine, and PocketSphinx must hear each clip as its word before it is kept.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ import csv
 import hashlib
 import io
 import itertools
+import json
 import math
 import multiprocessing
 import shutil
 import zlib
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -33,9 +35,12 @@ from components.acoustics import (
     room_impulse_response,
     trim_silence,
 )
-from components.config import ConfigError, DomainRecipe, NoiseKind, Params
-from components.dataset import BACKGROUND_DIR, SPLIT_FILES, which_set
-from components.speech import NATURAL_VARIANTS, RATE_RANGE, SPEECH_RATE, Speaker, reset_engine, speak, voices
+from components.config import ConfigError, DomainRecipe, Engine, NoiseKind, Params
+from components.dataset import BACKGROUND_DIR, REJECTED_DIR, SPEAKERS_FILE, SPLIT_FILES, which_set
+from components.kokoro_speech import draw_kokoro_talker
+from components.piper_speech import draw_piper_talker
+from components.speech import NATURAL_VARIANTS, Speaker, Talker, reset_engine, voices
+from components.sphinx import WordRecognizer
 
 SPEAKER_RATE_WPM = (130, 210)
 TAKE_RATE_JITTER = 0.08
@@ -52,14 +57,26 @@ WORKERS = 2
 _PLAN, _CROWD, _TAKES, _BACKGROUND, _SPLITS = range(5)
 
 
+CLIP_CHECK_FILE = "clip_check.json"
+
+
 @dataclass(frozen=True)
 class SpeakerPlan:
-    """One corpus speaker: its Speech Commands-style id, espeak settings and room (None: no reverb)."""
+    """One corpus speaker: its Speech Commands-style id, its talker (engine and settings) and room (None: no reverb)."""
 
     index: int
     id: str
-    speaker: Speaker
+    speaker: Talker
     rt60_s: float | None
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A take the clip check did not hear as its word: where it went and why."""
+
+    word: str
+    name: str
+    reason: str
 
 
 def clip_name(speaker_id: str, take: int) -> str:
@@ -86,6 +103,25 @@ def draw_speaker(recipe: DomainRecipe, rng: np.random.Generator) -> Speaker:
     )
 
 
+def draw_talker(recipe: DomainRecipe, engine: Engine, rng: np.random.Generator) -> Talker:
+    """A speaker of one engine, every setting drawn from `rng`."""
+    if engine == "piper":
+        return draw_piper_talker(rng)
+    if engine == "kokoro":
+        return draw_kokoro_talker(rng)
+    return draw_speaker(recipe, rng)
+
+
+def _engine_quotas(recipe: DomainRecipe, splits: list[str]) -> list[Engine]:
+    """The engine of each speaker index: the recipe's engines in turn over the speakers grouped by split, so the
+    domain holds equal shares and every split is within one speaker of its share (a test split with no Piper
+    talker could not score Piper)."""
+    engines: list[Engine] = [recipe.engines[0]] * len(splits)
+    for turn, index in enumerate(sorted(range(len(splits)), key=lambda i: (splits[i], i))):
+        engines[index] = recipe.engines[turn % len(recipe.engines)]
+    return engines
+
+
 def _split_quotas(params: Params, domain: str) -> list[str]:
     """The split each speaker index must land in: exact shares of the domain's speakers, in shuffled order.
 
@@ -109,8 +145,9 @@ def plan_speakers(params: Params, domain: str) -> list[SpeakerPlan]:
     recipe = syn.domains[domain]
     rng = domain_rng(params, domain, _PLAN)
     plans: list[SpeakerPlan] = []
-    for index, split in enumerate(_split_quotas(params, domain)):
-        speaker = draw_speaker(recipe, rng)
+    splits = _split_quotas(params, domain)
+    for index, (split, engine) in enumerate(zip(splits, _engine_quotas(recipe, splits), strict=True)):
+        speaker = draw_talker(recipe, engine, rng)
         rt60 = round(float(rng.uniform(*recipe.rt60_s)), 3) if recipe.rt60_s else None
         taken = {p.id for p in plans}
         for attempt in itertools.count():
@@ -122,34 +159,60 @@ def plan_speakers(params: Params, domain: str) -> list[SpeakerPlan]:
     return plans
 
 
-def _say(word: str, speaker: Speaker, max_samples: int) -> np.ndarray:
-    """The word as `speaker` says it at SPEECH_RATE, silence trimmed, sped up (higher rate) until it fits."""
+def _say(word: str, speaker: Talker, max_seconds: float) -> np.ndarray:
+    """The word as `speaker` says it at its engine's rate, silence trimmed, sped up until it fits."""
+    max_samples = int(max_seconds * speaker.sample_rate)
     while True:
-        audio = trim_silence(speak(word, speaker), SPEECH_RATE)
+        audio = trim_silence(speaker.say(word), speaker.sample_rate)
         if audio.size == 0:
-            raise ValueError(f"espeak-ng produced no sound for {word!r}")
+            raise ValueError(f"{speaker.source} produced no sound for {word!r}")
         if audio.size <= max_samples:
             return audio
-        if speaker.rate >= RATE_RANGE[1]:
-            raise ValueError(f"{word!r} does not fit in {max_samples} samples even at {speaker.rate} words/min")
-        faster = math.ceil(speaker.rate * audio.size / max_samples * 1.05)
-        speaker = replace(speaker, rate=min(faster, RATE_RANGE[1]))
+        faster = speaker.faster(audio.size / max_samples * 1.05)
+        if faster == speaker:
+            raise ValueError(f"{word!r} does not fit in {max_seconds} s even as {speaker.describe()}")
+        speaker = faster
 
 
-def _say_all(items: list[tuple[str, Speaker]], params: Params) -> list[np.ndarray]:
-    """Synthesize (word, speaker) pairs and bring them to the corpus rate in one batched resample.
+def _say_all(items: list[tuple[str, Talker]], params: Params) -> list[np.ndarray]:
+    """Synthesize (word, speaker) pairs of one engine and bring them to the corpus rate in one batched resample.
 
     Starts from a fresh espeak, so a batch sounds the same whichever worker renders it after whatever else.
     """
-    limit = int(MAX_WORD_SHARE * params.dataset.clip_samples * SPEECH_RATE / params.dataset.sample_rate)
+    rate = items[0][1].sample_rate
     reset_engine()
-    said = [_say(word, speaker, limit) for word, speaker in items]
+    said = [_say(word, speaker, MAX_WORD_SHARE * params.dataset.clip_seconds) for word, speaker in items]
     batch = np.zeros((len(said), max(a.size for a in said)), np.float32)
     for row, audio in zip(batch, said, strict=True):
         row[: audio.size] = audio
-    out = resample(batch, SPEECH_RATE, params.dataset.sample_rate)
-    sizes = [math.ceil(a.size * params.dataset.sample_rate / SPEECH_RATE) for a in said]
+    out = resample(batch, rate, params.dataset.sample_rate)
+    sizes = [math.ceil(a.size * params.dataset.sample_rate / rate) for a in said]
     return [row[:size] for row, size in zip(out, sizes, strict=True)]
+
+
+@cache
+def _recognizer(words: tuple[str, ...], sample_rate: int) -> WordRecognizer:
+    """One PocketSphinx decoder per worker process, built on first use (~0.3 s)."""
+    return WordRecognizer(words, sample_rate)
+
+
+def check_takes(params: Params, takes: list[tuple[str, int]], words: list[np.ndarray], speaker_id: str,
+                ) -> list[Rejected]:
+    """The takes PocketSphinx does not hear as their word, heard on the clean speech before room and noise.
+
+    A synthesizer sometimes says another word (Kokoro adds vowels, espeak clips a stop); such a clip would teach
+    the model a wrong label.
+    """
+    if not params.synthesis.check_clips:
+        return []
+    recognizer = _recognizer(tuple(corpus_words(params)), params.dataset.sample_rate)
+    rejected = []
+    for (word, take), audio in zip(takes, words, strict=True):
+        heard = recognizer.hear(audio)
+        if heard != word:
+            reason = f"heard {heard!r}, not {word!r}" if heard else f"heard nothing, not {word!r}"
+            rejected.append(Rejected(word, clip_name(speaker_id, take), reason))
+    return rejected
 
 
 @cache
@@ -178,24 +241,24 @@ def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
     path.write_bytes(buffer.getvalue())
 
 
-def jitter(speaker: Speaker, rng: np.random.Generator) -> Speaker:
+def jitter(speaker: Talker, rng: np.random.Generator) -> Talker:
     """The speaker on one take: the same voice, a slightly different speaking rate."""
-    rate = round(speaker.rate * rng.uniform(1 - TAKE_RATE_JITTER, 1 + TAKE_RATE_JITTER))
-    return replace(speaker, rate=min(max(rate, RATE_RANGE[0]), RATE_RANGE[1]))
+    return speaker.faster(rng.uniform(1 - TAKE_RATE_JITTER, 1 + TAKE_RATE_JITTER))
 
 
-def _record_speaker(params: Params, domain: str, plan: SpeakerPlan) -> None:
-    """Render and write every take of every word of one speaker.
+def _record_speaker(params: Params, domain: str, plan: SpeakerPlan) -> list[Rejected]:
+    """Render and write every take of every word of one speaker; returns the takes the clip check rejected.
 
     All randomness comes from (seed, domain, speaker index), so the result does not depend on scheduling.
     The takes are rendered as one batch; each gets its own segment of one long noise recording, i.e. the
-    speaker's car or office, and the speaker's room.
+    speaker's car or office, and the speaker's room. Rejected takes are written to _rejected_/, not the tree.
     """
     recipe = params.synthesis.domains[domain]
     sample_rate, clip = params.dataset.sample_rate, params.dataset.clip_samples
     rng = domain_rng(params, domain, _TAKES, plan.index)
     takes = [(w, t) for w in corpus_words(params) for t in range(params.synthesis.takes_per_word)]
     words = _say_all([(w, jitter(plan.speaker, rng)) for w, _ in takes], params)
+    rejected = check_takes(params, takes, words, plan.id)
     speech = np.zeros((len(takes), clip), np.float32)
     for row, audio in zip(speech, words, strict=True):
         offset = int(rng.integers(0, clip - audio.size + 1))
@@ -206,8 +269,13 @@ def _record_speaker(params: Params, domain: str, plan: SpeakerPlan) -> None:
     mixed = mix_at_snr(speech, background.reshape(speech.shape), rng.uniform(*recipe.snr_db, size=len(takes)))
     levels = 10.0 ** (rng.uniform(*PEAK_DBFS, size=(len(takes), 1)) / 20.0)
     root = params.synth_root / domain
+    refused = {(r.word, r.name) for r in rejected}
     for (word, take), audio in zip(takes, peak_normalize(mixed, levels), strict=True):
-        _write_wav(root / word / clip_name(plan.id, take), audio, sample_rate)
+        name = clip_name(plan.id, take)
+        folder = root / REJECTED_DIR / word if (word, name) in refused else root / word
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_wav(folder / name, audio, sample_rate)
+    return rejected
 
 
 def _background_kinds(recipe: DomainRecipe) -> list[tuple[str, NoiseKind]]:
@@ -243,34 +311,45 @@ def _check_voices(params: Params) -> None:
                 raise ConfigError(f"synthesis.domains.{domain}.voices: espeak-ng has no voice {voice!r}")
 
 
-def _write_index(params: Params, domain: str, plans: list[SpeakerPlan]) -> None:
-    """speakers.csv and the validation/testing lists of one domain tree."""
+def _write_index(params: Params, domain: str, plans: list[SpeakerPlan], rejected: list[Rejected]) -> None:
+    """speakers.csv, the validation/testing lists and the clip check's report of one domain tree.
+
+    A rejected take is in no list: it lives under _rejected_/, which no loader reads.
+    """
     root = params.synth_root / domain
-    with (root / "speakers.csv").open("w", newline="") as f:
+    with (root / SPEAKERS_FILE).open("w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["speaker", "voice", "variant", "rate", "pitch", "rt60"])
+        writer.writerow(["speaker", "engine", "settings", "rt60"])
         for p in plans:
-            writer.writerow(
-                [
-                    p.id,
-                    p.speaker.voice,
-                    p.speaker.variant,
-                    p.speaker.rate,
-                    p.speaker.pitch,
-                    "" if p.rt60_s is None else p.rt60_s,
-                ]
-            )
+            settings = json.dumps(p.speaker.describe(), sort_keys=True)
+            writer.writerow([p.id, p.speaker.source, settings, "" if p.rt60_s is None else p.rt60_s])
     syn = params.synthesis
+    refused = {f"{r.word}/{r.name}" for r in rejected}
     lines: dict[str, list[str]] = {split: [] for split in SPLIT_FILES}
     for word in corpus_words(params):
         for p in plans:
             for take in range(syn.takes_per_word):
                 name = clip_name(p.id, take)
                 split = which_set(name, syn.validation_percentage, syn.testing_percentage)
-                if split in lines:
+                if split in lines and f"{word}/{name}" not in refused:
                     lines[split].append(f"{word}/{name}")
     for split, filename in SPLIT_FILES.items():
         (root / filename).write_text("".join(f"{line}\n" for line in sorted(lines[split])))
+    (root / CLIP_CHECK_FILE).write_text(json.dumps(clip_check_report(params, plans, rejected), indent=2) + "\n")
+
+
+def clip_check_report(params: Params, plans: list[SpeakerPlan], rejected: list[Rejected]) -> dict[str, object]:
+    """Per engine: clips checked and dropped; and each dropped clip with its reason, for the corpus report."""
+    engine_of = {p.id: p.speaker.source for p in plans}
+    takes = len(corpus_words(params)) * params.synthesis.takes_per_word
+    per_engine: dict[str, dict[str, int]] = {}
+    for p in plans:
+        counts = per_engine.setdefault(p.speaker.source, {"checked": 0, "dropped": 0})
+        counts["checked"] += takes if params.synthesis.check_clips else 0
+    for r in rejected:
+        per_engine[engine_of[r.name.split("_nohash_")[0]]]["dropped"] += 1
+    dropped = [{"clip": f"{REJECTED_DIR}/{r.word}/{r.name}", "reason": r.reason} for r in sorted(rejected, key=str)]
+    return {"per_engine": per_engine, "dropped": dropped}
 
 
 def _init_worker() -> None:
@@ -280,18 +359,27 @@ def _init_worker() -> None:
 
 def _submit_all(
     pool: ProcessPoolExecutor, params: Params, plans: dict[str, list[SpeakerPlan]]
-) -> dict[Future[None], int]:
-    """Queue every domain's background and speakers, one task each; maps each task to the clips it writes.
+) -> dict[Future[list[Rejected]], tuple[str, int]]:
+    """Queue every domain's background and speakers, one task each; maps each task to its domain and clip count.
 
     Per-speaker tasks keep both workers busy to the end, where one task per domain would idle one of them.
     """
     per_speaker = len(corpus_words(params)) * params.synthesis.takes_per_word
-    jobs: dict[Future[None], int] = {}
+    jobs: dict[Future[list[Rejected]], tuple[str, int]] = {}
     for domain, domain_plans in plans.items():
-        jobs[pool.submit(_record_background, params, domain)] = 0
+        jobs[pool.submit(_record_background, params, domain)] = (domain, 0)
         for plan in domain_plans:
-            jobs[pool.submit(_record_speaker, params, domain, plan)] = per_speaker
+            jobs[pool.submit(_record_speaker, params, domain, plan)] = (domain, per_speaker)
     return jobs
+
+
+def _fresh_tree(params: Params, domain: str) -> Path:
+    """The domain's folder, emptied: its word folders, background and rejected folders ready to write into."""
+    root = params.synth_root / domain
+    shutil.rmtree(root, ignore_errors=True)
+    for folder in [*corpus_words(params), BACKGROUND_DIR, REJECTED_DIR]:
+        (root / folder).mkdir(parents=True)
+    return root
 
 
 def synthesize_corpus(params: Params, progress: bool = True, workers: int = WORKERS) -> dict[str, Path]:
@@ -300,13 +388,9 @@ def synthesize_corpus(params: Params, progress: bool = True, workers: int = WORK
     Each domain folder is deleted and rebuilt; the same params give byte-identical files for any `workers`.
     """
     _check_voices(params)
-    words = corpus_words(params)
     plans = {domain: plan_speakers(params, domain) for domain in params.synthesis.domains}
-    roots = {domain: params.synth_root / domain for domain in plans}
-    for root in roots.values():
-        shutil.rmtree(root, ignore_errors=True)
-        for folder in [*words, BACKGROUND_DIR]:
-            (root / folder).mkdir(parents=True)
+    roots = {domain: _fresh_tree(params, domain) for domain in plans}
+    rejected: dict[str, list[Rejected]] = {domain: [] for domain in plans}
     columns = [TextColumn("synthesizing corpus"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     # spawn, not fork: the caller may run threads (torch's pool, a flow runner), and forking a threaded process
     # can deadlock the child. The price is the usual `if __name__ == "__main__":` guard in the caller's script.
@@ -316,18 +400,19 @@ def synthesize_corpus(params: Params, progress: bool = True, workers: int = WORK
         Progress(*columns, disable=not progress) as bar,
     ):
         jobs = _submit_all(pool, params, plans)
-        task = bar.add_task("clips", total=sum(jobs.values()))
+        task = bar.add_task("clips", total=sum(clips for _, clips in jobs.values()))
         try:
             for future in as_completed(jobs):
-                future.result()
-                bar.advance(task, jobs[future])
+                domain, clips = jobs[future]
+                rejected[domain] += future.result() or []
+                bar.advance(task, clips)
         except BaseException:
             # Fail fast: without this the pool would finish every queued speaker before re-raising.
             for future in jobs:
                 future.cancel()
             raise
     for domain, domain_plans in plans.items():
-        _write_index(params, domain, domain_plans)
+        _write_index(params, domain, domain_plans, rejected[domain])
     return roots
 
 
@@ -338,10 +423,8 @@ def render_domain(params: Params, domain: str, progress: bool = True) -> Path:
     """
     _check_voices(params)
     plans = plan_speakers(params, domain)
-    root = params.synth_root / domain
-    shutil.rmtree(root, ignore_errors=True)
-    for folder in [*corpus_words(params), BACKGROUND_DIR]:
-        (root / folder).mkdir(parents=True)
+    root = _fresh_tree(params, domain)
+    rejected: list[Rejected] = []
     threads = torch.get_num_threads()
     # One thread, as in the workers, so torch reduces in the same order and the bytes match.
     torch.set_num_threads(1)
@@ -350,8 +433,8 @@ def render_domain(params: Params, domain: str, progress: bool = True) -> Path:
         columns = [TextColumn(f"rendering {domain}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
         with Progress(*columns, disable=not progress) as bar:
             for plan in bar.track(plans):
-                _record_speaker(params, domain, plan)
+                rejected += _record_speaker(params, domain, plan)
     finally:
         torch.set_num_threads(threads)
-    _write_index(params, domain, plans)
+    _write_index(params, domain, plans, rejected)
     return root

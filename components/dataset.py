@@ -6,6 +6,7 @@ as int16 waveform tensors, tagged with split and acoustic domain, plus a content
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -29,6 +30,12 @@ from components.files import atomic_path
 SPLITS = ("training", "validation", "testing")
 SILENCE, UNKNOWN = "_silence_", "_unknown_"
 BACKGROUND_DIR = "_background_noise_"
+# Clips the synthesized corpus's clip check refused: kept for review beside the tree, never read as training data.
+REJECTED_DIR = "_rejected_"
+# Who each speaker of a synthesized tree is; its `engine` column names the synthesizer behind the voice.
+SPEAKERS_FILE = "speakers.csv"
+RECORDED = "recorded"  # the engine of a clip with no speakers.csv entry: a real recording, as far as earshot knows
+BACKGROUND = "background"  # the engine of a silence clip cut from background noise
 SPLIT_FILES = {"validation": "validation_list.txt", "testing": "testing_list.txt"}
 SHARD_INDEX = "index.json"  # domain -> fingerprint of a folder of per-domain feature shards
 MAX_NUM_WAVS_PER_CLASS = 2**27 - 1  # the constant Speech Commands' split hash is defined with
@@ -62,6 +69,7 @@ class ClipRef:
     word: str
     speaker: str
     split: str
+    engine: str = RECORDED
 
 
 def index_speech_commands(
@@ -81,6 +89,7 @@ def index_speech_commands(
             listed |= {line.strip(): split for line in lists.read_text().splitlines() if line.strip()}
         elif split_percentages is None:
             raise AudioError(f"{lists}: split list missing (a Speech Commands v2 tree has one)")
+    engines = speaker_engines(root)
     clips = []
     # os.scandir and plain strings: a tree holds tens of thousands of clips and pathlib's glob is slow at that.
     for word in sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(("_", "."))):
@@ -88,8 +97,18 @@ def index_speech_commands(
         for file in sorted(e.name for e in os.scandir(folder) if e.name.endswith(".wav")):
             name = f"{word}/{file}"
             split = listed.get(name) or (which_set(name, *split_percentages) if split_percentages else "training")
-            clips.append(ClipRef(folder / file, word, file.split("_nohash_")[0], split))
+            speaker = file.split("_nohash_")[0]
+            clips.append(ClipRef(folder / file, word, speaker, split, engines.get(speaker, RECORDED)))
     return clips, sorted((root / BACKGROUND_DIR).glob("*.wav"))
+
+
+def speaker_engines(root: Path) -> dict[str, str]:
+    """Speaker id -> the engine that voiced it, from a tree's speakers.csv; empty for a tree without one."""
+    path = Path(root) / SPEAKERS_FILE
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        return {row["speaker"]: row.get("engine") or RECORDED for row in csv.DictReader(f)}
 
 
 def read_audio(path: Path, sample_rate: int) -> tuple[np.ndarray, str]:
@@ -222,6 +241,7 @@ class KwsData:
     domain_names: list[str]
     sources: list[str]  # file each clip came from ("<file>@<offset>" for silence cut from background)
     content: list[str]  # sha256 of each clip's file ("" for silence cut from background)
+    engines: list[str]  # what voiced each clip: a synthesizer, RECORDED or BACKGROUND
     version: str
     mels: torch.Tensor = field(default_factory=lambda: torch.empty(0))
 
@@ -237,6 +257,7 @@ class KwsData:
             splits=self.splits[keep],
             sources=[self.sources[i] for i in rows],
             content=[self.content[i] for i in rows],
+            engines=[self.engines[i] for i in rows],
             mels=self.mels[keep] if len(self.mels) else self.mels,
         )
 
@@ -273,6 +294,7 @@ class KwsData:
             domain_names=names,
             sources=[s for p in parts for s in p.sources],
             content=[c for p in parts for c in p.content],
+            engines=[e for p in parts for e in p.engines],
             version=hashlib.sha256(" ".join(p.version for p in parts).encode()).hexdigest()[:16],
             mels=torch.cat([p.mels for p in parts]),
         )
@@ -304,7 +326,7 @@ def build_dataset(
     labels = cfg.labels
     samples = cfg.clip_samples
     cache = cache or ClipCache(None)
-    waves, label_ids, domain_ids, split_ids, sources, content, noise = [], [], [], [], [], [], []
+    waves, label_ids, domain_ids, split_ids, sources, content, engines, noise = [], [], [], [], [], [], [], []
     digests: list[str] = []
     roots = roots or {name: [root] for name, root in cfg.domains.items()}
     indexed = {}
@@ -324,6 +346,7 @@ def build_dataset(
                 split_ids.append(SPLITS.index(ref.split))
                 sources.append(str(ref.path))
                 content.append(digest)
+                engines.append(ref.engine)
                 digests.append(f"{domain}/{ref.path.parent.name}/{ref.path.name} {digest}")
                 bar.advance(task)
             bar.advance(task, len(clips) - len(chosen))
@@ -345,6 +368,7 @@ def build_dataset(
                         split_ids.append(SPLITS.index(split))
                         sources.append(f"{path}@{offset}")
                         content.append("")
+                        engines.append(BACKGROUND)
                 bar.advance(task)
     folders = ", ".join(str(tree) for trees in roots.values() for tree in trees)
     if not waves:
@@ -363,6 +387,7 @@ def build_dataset(
         domain_names=list(roots),
         sources=sources,
         content=content,
+        engines=engines,
         version=hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()[:16],
     )
 

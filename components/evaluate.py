@@ -5,7 +5,7 @@ Per-domain figures are what tell a team that a new accent or room hurts the mode
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -36,16 +36,21 @@ class Evaluation:
     confusion: list[list[int]]  # rows: actual label, columns: predicted label
     clips: int
     predictions: list[int]
+    # Per voice source (a synthesizer, "recorded", "background"): what tells a model that learned one engine's
+    # voice from one that learned the words.
+    per_engine: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, object]:
         """The figures for metrics.json, `dvc metrics show` and MLflow."""
         return {"accuracy": self.accuracy, "clips": self.clips, "per_domain": self.per_domain,
-                "per_class": self.per_class}
+                "per_class": self.per_class} | ({"per_engine": self.per_engine} if self.per_engine else {})
 
     def to_markdown(self) -> str:
         """Accuracy per domain and per class as tables, for reports/<track>/evaluation.md and the MLflow run."""
         lines = [f"## Test accuracy {self.accuracy:.2%} on {self.clips} clips", "", "| domain | accuracy |",
                  "|---|---|", *(f"| {d} | {v:.2%} |" for d, v in self.per_domain.items()), "",
+                 *(["| voice source | accuracy |", "|---|---|",
+                    *(f"| {e} | {v:.2%} |" for e, v in self.per_engine.items()), ""] if self.per_engine else []),
                  "| class | accuracy |", "|---|---|", *(f"| {c} | {v:.2%} |" for c, v in self.per_class.items())]
         return "\n".join(lines) + "\n"
 
@@ -56,8 +61,9 @@ def predict(model: torch.nn.Module, mels: torch.Tensor, batch: int = 512) -> tor
     return torch.cat([model(chunk).argmax(1) for chunk in mels.split(batch)]) if len(mels) else torch.empty(0).long()
 
 
-def evaluate_predictions(predicted: torch.Tensor, test: LabelledClips) -> Evaluation:
-    """Score predicted label indices against the test split's labels, sliced by class and by domain."""
+def evaluate_predictions(predicted: torch.Tensor, test: LabelledClips, engines: list[str] | None = None) -> Evaluation:
+    """Score predicted label indices against the test split's labels, sliced by class, by domain and, given each
+    clip's voice source (`engines`), by source."""
     correct = (predicted == test.labels).float()
 
     def share(mask: torch.Tensor) -> float:
@@ -73,6 +79,8 @@ def evaluate_predictions(predicted: torch.Tensor, test: LabelledClips) -> Evalua
         confusion=confusion.tolist(),
         clips=len(correct),
         predictions=predicted.tolist(),
+        per_engine={e: share(torch.tensor([x == e for x in engines], dtype=torch.bool))
+                    for e in sorted(set(engines))} if engines else {},
     )
 
 

@@ -10,9 +10,10 @@ import ctypes
 import re
 import threading
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
+from typing import ClassVar, Protocol
 
 import espeakng_loader
 import numpy as np
@@ -28,6 +29,8 @@ NATURAL_VARIANTS = tuple("m1 m2 m3 m4 m5 m6 m7 f1 f2 f3 f4 f5 klatt klatt2 klatt
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
 _ESPEAK_CHARS_AUTO = 0
+_ESPEAK_CHARS_UTF8 = 1
+_PHONEMES_IPA = 0x02
 _ESPEAK_RATE = 1
 _ESPEAK_PITCH = 3
 _EE_OK = 0
@@ -40,14 +43,45 @@ class VoiceError(EarshotError):
     """A voice, variant, rate or pitch espeak-ng cannot use, with a message fit for one line."""
 
 
+class Talker(Protocol):
+    """One synthetic speaker of any engine: what the corpus needs to record it and to say who it was."""
+
+    source: ClassVar[str]  # the engine's tag in speakers.csv and the per-source reports
+    sample_rate: ClassVar[int]
+
+    def say(self, text: str) -> np.ndarray:
+        """`text` spoken: float32 mono in [-1, 1) at sample_rate; the same call gives the same audio."""
+        ...
+
+    def faster(self, factor: float) -> Talker:
+        """The same voice speaking `factor` times as fast, or itself where the engine's limit is reached."""
+        ...
+
+    def describe(self) -> dict[str, str]:
+        """The settings that make this speaker, for speakers.csv."""
+        ...
+
+
 @dataclass(frozen=True)
 class Speaker:
-    """One synthetic talker: an espeak voice ("en-us"), a variant ("f2", "" for none), words/min and pitch 0-99."""
+    """One espeak-ng talker: a voice ("en-us"), a variant ("f2", "" for none), words/min and pitch 0-99."""
 
     voice: str
     variant: str = ""
     rate: int = 175
     pitch: int = 50
+
+    source: ClassVar[str] = "espeak"
+    sample_rate: ClassVar[int] = SPEECH_RATE
+
+    def say(self, text: str) -> np.ndarray:
+        return speak(text, self)
+
+    def faster(self, factor: float) -> Speaker:
+        return replace(self, rate=min(max(round(self.rate * factor), RATE_RANGE[0]), RATE_RANGE[1]))
+
+    def describe(self) -> dict[str, str]:
+        return {"voice": self.voice, "variant": self.variant, "rate": str(self.rate), "pitch": str(self.pitch)}
 
 
 class _Engine:
@@ -62,6 +96,8 @@ class _Engine:
         self.lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         self.lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int]
         self.lib.espeak_Synth.argtypes += [ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        self.lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+        self.lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
         # The process's C library: espeak draws part of its breath noise from libc rand().
         self.libc = ctypes.CDLL(None)
         self.libc.srand.argtypes = [ctypes.c_uint]
@@ -79,13 +115,26 @@ class _Engine:
             self.chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
         return 0
 
-    def synth(self, text: str, speaker: Speaker) -> np.ndarray:
-        name = _voice_files()[speaker.voice.lower()]
-        name = f"{name}+{speaker.variant}" if speaker.variant else name
+    def use_voice(self, voice: str, variant: str = "") -> None:
+        name = _voice_files()[voice.lower()]
+        name = f"{name}+{variant}" if variant else name
         if name != self.voice:
             if self.lib.espeak_SetVoiceByName(name.encode()) != _EE_OK:
                 raise VoiceError(f"espeak-ng could not load voice {name!r}")
             self.voice = name
+
+    def phonemes(self, text: str, voice: str) -> str:
+        self.use_voice(voice)
+        raw = ctypes.create_string_buffer(text.encode() + b"\0")
+        pointer = ctypes.c_void_p(ctypes.addressof(raw))
+        clauses = []
+        # One clause per call; espeak advances the pointer and sets it to NULL after the last.
+        while pointer.value:
+            clauses.append(self.lib.espeak_TextToPhonemes(ctypes.byref(pointer), _ESPEAK_CHARS_UTF8, _PHONEMES_IPA))
+        return " ".join(c.decode() for c in clauses if c)
+
+    def synth(self, text: str, speaker: Speaker) -> np.ndarray:
+        self.use_voice(speaker.voice, speaker.variant)
         self.lib.espeak_SetParameter(_ESPEAK_RATE, speaker.rate, 0)
         self.lib.espeak_SetParameter(_ESPEAK_PITCH, speaker.pitch, 0)
         # espeak seeds its own generator from the clock, and libc rand() carries over from earlier callers.
@@ -170,15 +219,27 @@ def check_speaker(speaker: Speaker) -> None:
         raise VoiceError(f"pitch {speaker.pitch} is outside espeak-ng's {PITCH_RANGE}")
 
 
+def _loaded() -> _Engine:
+    global _engine
+    if _engine is None:
+        _engine = _Engine()
+    return _engine
+
+
+def phonemes(text: str, voice: str = "en-us") -> str:
+    """`text` in IPA as espeak-ng's `voice` would pronounce it ("yes" -> "jˈɛs"): input for phoneme-driven engines."""
+    if voice.lower() not in _voice_files():
+        raise VoiceError(f"espeak-ng has no voice {voice!r}")
+    with _lock:
+        return _loaded().phonemes(text, voice)
+
+
 def speak(text: str, speaker: Speaker) -> np.ndarray:
     """Say `text` as `speaker`: float32 mono in [-1, 1) at SPEECH_RATE, silence padding included.
 
     Reproducible for the same calls since reset_engine() (it reseeds libc rand() on the way); raises VoiceError
     if the speaker's settings are unusable.
     """
-    global _engine
     check_speaker(speaker)
     with _lock:
-        if _engine is None:
-            _engine = _Engine()
-        return _engine.synth(text, speaker)
+        return _loaded().synth(text, speaker)

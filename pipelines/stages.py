@@ -274,7 +274,7 @@ def evaluate(params: Params) -> Evaluation:
     """Score the trained model on the test split of every domain; write metrics, predictions, a summary and a plot."""
     model, _ = load_model(model_file(params))
     test = KwsData.load(params.out.features).split("testing")
-    evaluation = evaluate_predictions(predict(model, test.mels), test)
+    evaluation = evaluate_predictions(predict(model, test.mels), test, test.engines)
     reports = params.out.reports
     write_json(reports / "metrics.json", evaluation.metrics())
     names = test.label_names
@@ -288,6 +288,7 @@ def evaluate(params: Params) -> Evaluation:
     with resume_run(params, run_file(params)):
         mlflow.log_metrics({"test_accuracy": evaluation.accuracy}
                            | {f"test_accuracy.{d}": v for d, v in evaluation.per_domain.items()}
+                           | {f"test_accuracy.source.{e}": v for e, v in evaluation.per_engine.items()}
                            | {f"test_accuracy.class.{c}": v for c, v in evaluation.per_class.items()})
         for name in ("evaluation.png", "evaluation.md", "metrics.json"):
             mlflow.log_artifact(str(reports / name), artifact_path="evaluation")

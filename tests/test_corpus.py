@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 
@@ -10,9 +11,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from components.acoustics import resample
 from components.config import ConfigError, Params
-from components.corpus import plan_speakers, synthesize_corpus
-from components.dataset import BACKGROUND_DIR, SPLIT_FILES, which_set
+from components.corpus import CLIP_CHECK_FILE, check_takes, plan_speakers, synthesize_corpus
+from components.dataset import BACKGROUND_DIR, REJECTED_DIR, SPLIT_FILES, index_speech_commands, which_set
+from components.speech import Speaker
 
 CLIP_NAME = re.compile(r"^[0-9a-f]{8}_nohash_\d+\.wav$")
 WORDS = ["yes", "no"]
@@ -20,8 +23,9 @@ UNKNOWN = ["tree"]
 SPEAKERS = 4
 TAKES = 2
 DOMAINS = {
-    "studio": {"voices": ["en-us"], "noise": "none", "snr_db": [35.0, 45.0]},
-    "office": {"voices": ["en-gb", "en-gb-x-rp"], "noise": "babble", "snr_db": [10.0, 20.0], "rt60_s": [0.2, 0.5]},
+    "studio": {"voices": ["en-us"], "engines": ["espeak", "piper"], "noise": "none", "snr_db": [35.0, 45.0]},
+    "office": {"voices": ["en-gb", "en-gb-x-rp"], "engines": ["kokoro", "espeak"], "noise": "babble",
+               "snr_db": [10.0, 20.0], "rt60_s": [0.2, 0.5]},
     "car": {"voices": ["en-gb-scotland"], "noise": "car", "snr_db": [5.0, 15.0], "rt60_s": [0.05, 0.15]},
 }
 
@@ -38,6 +42,7 @@ def small_params(out_dir: Path, seed: int = 7, domains: dict | None = None) -> P
                 "takes_per_word": TAKES,
                 "background_seconds": 3,
                 "unknown_words": UNKNOWN,
+                "check_clips": True,
                 "validation_percentage": 25.0,
                 "testing_percentage": 25.0,
                 "domains": domains,
@@ -51,6 +56,10 @@ def small_params(out_dir: Path, seed: int = 7, domains: dict | None = None) -> P
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, dict[str, Path]]:
     params = small_params(tmp_path_factory.mktemp("synth"))
     return params, synthesize_corpus(params, progress=False)
+
+
+def _rejected(root: Path) -> list[str]:
+    return sorted(p.relative_to(root / REJECTED_DIR).as_posix() for p in (root / REJECTED_DIR).glob("*/*.wav"))
 
 
 def _clips(root: Path) -> list[str]:
@@ -78,12 +87,12 @@ def test_tree_has_the_speech_commands_layout(corpus: tuple[Params, dict[str, Pat
     for domain, root in roots.items():
         assert root == params.synth_root / domain
         folders = {p.name for p in root.iterdir() if p.is_dir()}
-        assert folders == {*WORDS, *UNKNOWN, BACKGROUND_DIR}
+        assert folders == {*WORDS, *UNKNOWN, BACKGROUND_DIR, REJECTED_DIR}
         for word in [*WORDS, *UNKNOWN]:
             names = sorted(p.name for p in (root / word).iterdir())
-            assert len(names) == SPEAKERS * TAKES
-            assert all(CLIP_NAME.match(name) for name in names)
-            assert {int(n.split("_nohash_")[1][:-4]) for n in names} == set(range(TAKES))
+            refused = [Path(rel).name for rel in _rejected(root) if rel.startswith(f"{word}/")]
+            assert sorted(names + refused) == sorted({*names, *refused}) and len(names + refused) == SPEAKERS * TAKES
+            assert all(CLIP_NAME.match(name) for name in names + refused)
 
 
 def test_every_clip_is_one_second_16k_mono_pcm16_and_audible(corpus: tuple[Params, dict[str, Path]]) -> None:
@@ -135,18 +144,57 @@ def test_split_lists_follow_which_set_and_are_speaker_disjoint(corpus: tuple[Par
         assert not speakers["validation"] & speakers["testing"]
 
 
-def test_speakers_csv_records_every_speaker(corpus: tuple[Params, dict[str, Path]]) -> None:
+def test_speakers_csv_records_every_speaker_and_its_engine(corpus: tuple[Params, dict[str, Path]]) -> None:
     params, roots = corpus
     for domain, root in roots.items():
         with (root / "speakers.csv").open() as f:
             rows = list(csv.DictReader(f))
         assert [r["speaker"] for r in rows] == [p.id for p in plan_speakers(params, domain)]
-        assert {Path(rel).name.split("_nohash_")[0] for rel in _clips(root)} == {r["speaker"] for r in rows}
+        speakers = {Path(rel).name.split("_nohash_")[0] for rel in _clips(root) + _rejected(root)}
+        assert speakers == {r["speaker"] for r in rows}
+        engines = DOMAINS[domain].get("engines", ["espeak"])
+        assert sorted(r["engine"] for r in rows) == sorted(engines * (SPEAKERS // len(engines)))
         for row in rows:
-            assert row["voice"] in DOMAINS[domain]["voices"] and row["variant"]
-            assert 130 <= int(row["rate"]) <= 210 and 0 <= int(row["pitch"]) <= 99
+            settings = json.loads(row["settings"])
+            if row["engine"] == "espeak":
+                assert settings["voice"] in DOMAINS[domain]["voices"] and settings["variant"]
+                assert 130 <= int(settings["rate"]) <= 210 and 0 <= int(settings["pitch"]) <= 99
             rt60 = DOMAINS[domain].get("rt60_s")
             assert row["rt60"] == "" if rt60 is None else rt60[0] <= float(row["rt60"]) <= rt60[1]
+        by_speaker = {r["speaker"]: r["engine"] for r in rows}
+        clips, _ = index_speech_commands(root)
+        assert all(clip.engine == by_speaker[clip.speaker] for clip in clips)
+
+
+def test_the_clip_check_report_counts_each_engine_and_lists_no_rejected_clip(
+    corpus: tuple[Params, dict[str, Path]],
+) -> None:
+    _, roots = corpus
+    for domain, root in roots.items():
+        report = json.loads((root / CLIP_CHECK_FILE).read_text())
+        engines = DOMAINS[domain].get("engines", ["espeak"])
+        per_word = SPEAKERS // len(engines) * TAKES * (len(WORDS) + len(UNKNOWN))
+        assert report["per_engine"] == {e: {"checked": per_word, "dropped": report["per_engine"][e]["dropped"]}
+                                        for e in engines}
+        dropped = sorted(d["clip"] for d in report["dropped"])
+        assert dropped == sorted(f"{REJECTED_DIR}/{rel}" for rel in _rejected(root))
+        assert sum(e["dropped"] for e in report["per_engine"].values()) == len(dropped)
+        listed = {line for name in SPLIT_FILES.values() for line in (root / name).read_text().splitlines()}
+        assert not listed & set(_rejected(root))
+
+
+def test_the_clip_check_drops_a_take_that_says_another_word(tmp_path: Path) -> None:
+    params = small_params(tmp_path)
+    voices = [Speaker("en-us", v, 170, 50) for v in ("m3", "f2", "m1", "f4")]
+    takes = [(label, i) for i in range(len(voices)) for label in ("yes", "no")]
+    # Every "no" take actually says "tree", another corpus word: a synthesizer slip the check must catch.
+    said = [voices[i].say("tree" if label == "no" else label) for label, i in takes]
+    words = [resample(audio, voices[0].sample_rate, 16000) for audio in said]
+    rejected = check_takes(params, takes, words, "0000abcd")
+    refused = {r.name for r in rejected if r.word == "no"}
+    assert len(refused) == len(voices), rejected  # every mislabelled take
+    assert sum(r.word == "yes" for r in rejected) <= 1, rejected  # at most one true take lost to the recognizer
+    assert all("not 'no'" in r.reason for r in rejected if r.word == "no")
 
 
 def test_same_params_give_identical_bytes_for_any_worker_count(
