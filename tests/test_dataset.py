@@ -14,6 +14,7 @@ from components.dataset import (
     read_audio,
     which_set,
 )
+from components.evaluate import evaluate_predictions
 from components.features import LogMel, featurize
 from tests.conftest import tone, write_tree
 
@@ -64,6 +65,26 @@ def test_build_dataset_gives_the_12_class_protocol_with_silence_and_sampled_unkn
     sf.write(root / "yes" / f"{SPEAKERS[0]}_nohash_0.wav", tone(301.0), 16000, subtype="PCM_16")
     changed = build_dataset(cfg, seed=7, validation_percentage=20, testing_percentage=20, progress=False)
     assert changed.version != data.version
+
+
+def test_each_clip_carries_its_engine_from_speakers_csv_and_is_scored_by_it(tmp_path):
+    root = write_tree(tmp_path / "sc", WORDS, SPEAKERS)
+    rows = "".join(f"{s},{'piper' if i % 2 else 'espeak'},{{}},\n" for i, s in enumerate(SPEAKERS[:-1]))
+    (root / "speakers.csv").write_text("speaker,engine,settings,rt60\n" + rows)  # the last speaker is not listed
+    data = build_dataset(dataset_cfg(root), seed=3, validation_percentage=20, testing_percentage=20, progress=False)
+    engine_of = {s: ("piper" if i % 2 else "espeak") for i, s in enumerate(SPEAKERS[:-1])}
+    for source, engine in zip(data.sources, data.engines, strict=True):
+        speaker = source.rsplit("/", 1)[-1].split("_nohash_")[0]
+        assert engine == ("background" if "@" in source else engine_of.get(speaker, "recorded"))
+    assert {"espeak", "piper", "recorded", "background"} == set(data.engines)
+    test = data.split("testing")
+    assert len(test.engines) == len(test.labels)
+    # A model right on every espeak clip and wrong on every other: the per-source figures say exactly that.
+    predicted = torch.where(torch.tensor([e == "espeak" for e in test.engines]), test.labels, (test.labels + 1) % 5)
+    evaluation = evaluate_predictions(predicted, test, test.engines)
+    assert evaluation.per_engine["espeak"] == 1.0
+    assert all(v == 0.0 for e, v in evaluation.per_engine.items() if e != "espeak")
+    assert "| voice source | accuracy |" in evaluation.to_markdown()
 
 
 def test_features_file_round_trip_and_split(tmp_path):
