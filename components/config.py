@@ -107,6 +107,25 @@ class Augment(Strict):
     freq_mask: Annotated[int, Field(ge=0)] = 6
     time_mask: Annotated[int, Field(ge=0)] = 8
     masks: Annotated[int, Field(ge=0)] = 2
+    # Vocal-tract-length perturbation of the log-mels: this share of clips gets its mel axis warped by an alpha
+    # drawn from vtlp_range (>1 moves formants up, as a shorter vocal tract does).
+    vtlp_probability: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    vtlp_range: Range = (0.9, 1.1)
+    # Pitch shift of the waveform, tempo kept: this share of clips moves by up to ±pitch_semitones (uniform).
+    pitch_probability: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3
+    pitch_semitones: Annotated[float, Field(ge=0.0, le=12.0)] = 2.0
+    # Tempo of the waveform, pitch kept: this share of clips is sped up (>1) or slowed down by a factor drawn from
+    # tempo_range; the clip keeps its length (centred, cropped or padded with silence).
+    tempo_probability: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3
+    tempo_range: Range = (0.85, 1.15)
+
+    @model_validator(mode="after")
+    def _factors_are_positive_and_ordered(self) -> Augment:
+        for key in ("vtlp_range", "tempo_range"):
+            low, high = getattr(self, key)
+            if not 0.5 <= low <= high <= 2.0:
+                raise ValueError(f"{key}: needs 0.5 <= low <= high <= 2, got [{low}, {high}]")
+        return self
 
 
 class Model(Strict):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.acoustics import noise, peak_normalize
-from components.augment import augment_batch, spec_augment
+from components.augment import augment_batch, augment_mels
 from components.config import Augment, DomainRecipe, Features
 from components.corpus import CROWD_SIZE, PEAK_DBFS, draw_speaker, jitter
 from components.dataset import SILENCE, UNKNOWN
@@ -273,7 +273,7 @@ def train_keyword_head(model: KeywordModel, clips: KeywordClips,
         total_loss, correct = 0.0, 0
         for idx in torch.randperm(len(clips.waves), generator=gen).split(settings.batch_size):
             waves = augment_batch(clips.waves[idx], background, settings.augment, settings.sample_rate, gen)
-            logits = model(spec_augment(front_end(waves), settings.augment, gen))
+            logits = model(augment_mels(front_end(waves), settings.augment, gen))
             loss = F.cross_entropy(logits, clips.labels[idx], weight=weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

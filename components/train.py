@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from components import distributed
-from components.augment import augment_batch, spec_augment
+from components.augment import augment_batch, augment_mels
 from components.config import Params
 from components.dataset import FULL_SCALE, KwsData
 from components.features import LogMel
@@ -140,7 +140,7 @@ def train_model(
         total_loss, correct = 0.0, 0
         for idx in torch.randperm(len(waves), generator=gen).split(cfg.batch_size):
             # Every rank augments the whole batch, so its draws from `gen` are the same at any number of ranks.
-            mels = spec_augment(front_end(augment_batch(waves[idx], noise, params.augment, sample_rate, gen)),
+            mels = augment_mels(front_end(augment_batch(waves[idx], noise, params.augment, sample_rate, gen)),
                                 params.augment, gen)
             mels, labels = world.share(mels).to(world.device), world.share(train.labels[idx]).to(world.device)
             logits = net(mels)

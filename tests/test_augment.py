@@ -1,6 +1,17 @@
 import torch
 
-from components.augment import add_background, augment_batch, shift_in_time, spec_augment
+from components.augment import (
+    add_background,
+    augment_batch,
+    change_tempo,
+    pitch_shift,
+    shift_in_time,
+    shift_pitch,
+    spec_augment,
+    stretch_time,
+    vtlp,
+    warp_mels,
+)
 from components.config import Augment
 
 
@@ -60,3 +71,54 @@ def test_augmentation_is_a_function_of_the_seed():
     b = augment_batch(clips, noise, cfg, 16000, gen(5))
     c = augment_batch(clips, noise, cfg, 16000, gen(6))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def dominant_hz(waves: torch.Tensor, sample_rate: int = 16000) -> torch.Tensor:
+    spectrum = torch.fft.rfft(waves * torch.hann_window(waves.shape[-1])).abs()
+    return spectrum.argmax(-1).float() * sample_rate / waves.shape[-1]
+
+
+def test_pitch_shift_moves_a_tone_by_the_ratio_at_the_same_length():
+    t = torch.arange(16000) / 16000
+    tone = torch.sin(2 * torch.pi * 440 * t).repeat(3, 1) * 0.5
+    ratio = torch.tensor([2 ** (2 / 12), 2 ** (-2 / 12), 1.0])
+    shifted = shift_pitch(tone, ratio)
+    assert shifted.shape == tone.shape
+    # FFT bins are 1 Hz apart: the dominant tone lands within 2 % of 440 Hz x ratio.
+    assert torch.allclose(dominant_hz(shifted), 440 * ratio, rtol=0.02)
+
+
+def test_tempo_changes_the_duration_of_a_burst_not_its_pitch():
+    t = torch.arange(16000) / 16000
+    burst = torch.sin(2 * torch.pi * 500 * t) * ((t > 0.3) & (t < 0.7))
+    rate = torch.tensor([1.25, 0.8])
+    stretched = stretch_time(burst.repeat(2, 1), rate)
+    loud = (stretched.abs() > 0.25).float()
+    span = [(row.nonzero().max() - row.nonzero().min()).item() / 16000 for row in loud]
+    # A 0.4 s burst lasts 0.4 / rate (± one 8 ms hop per side), and still peaks at 500 Hz.
+    assert abs(span[0] - 0.4 / 1.25) < 0.02 and abs(span[1] - 0.4 / 0.8) < 0.02
+    assert torch.allclose(dominant_hz(stretched), torch.tensor([500.0, 500.0]), rtol=0.02)
+
+
+def test_vtlp_moves_a_formant_up_the_mel_axis_by_alpha_and_keeps_the_top_bin():
+    mels = torch.zeros(2, 40, 10)
+    mels[:, 10] = 1.0
+    warped = warp_mels(mels, torch.tensor([1.1, 0.9]))
+    peaks = warped[:, :, 0].argmax(1)
+    assert peaks.tolist() == [11, 9]
+    top = torch.randn(2, 40, 10)
+    assert torch.allclose(warp_mels(top, torch.tensor([1.1, 0.9]))[:, -1], top[:, -1])
+
+
+def test_each_speaker_transform_changes_what_it_is_given_only_when_switched_on():
+    clips, mels = torch.randn(16, 16000) * 0.1, torch.randn(16, 40, 49)
+    off = Augment(pitch_probability=0, tempo_probability=0, vtlp_probability=0)
+    assert torch.equal(pitch_shift(clips, off, 16000, gen()), clips)
+    assert torch.equal(change_tempo(clips, off, 16000, gen()), clips)
+    assert torch.equal(vtlp(mels, off, gen()), mels)
+    on = Augment(pitch_probability=0.5, tempo_probability=0.5, vtlp_probability=0.5)
+    for changed in (pitch_shift(clips, on, 16000, gen()), change_tempo(clips, on, 16000, gen())):
+        touched = (changed != clips).any(1).sum().item()
+        assert 3 <= touched <= 13  # about half of 16 clips, drawn per clip
+    touched = (vtlp(mels, on, gen()) != mels).any(2).any(1).sum().item()
+    assert 3 <= touched <= 13
