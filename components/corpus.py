@@ -20,6 +20,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
@@ -37,10 +38,10 @@ from components.acoustics import (
 )
 from components.config import ConfigError, DomainRecipe, Engine, NoiseKind, Params
 from components.dataset import BACKGROUND_DIR, REJECTED_DIR, SPEAKERS_FILE, SPLIT_FILES, which_set
-from components.kokoro_speech import draw_kokoro_talker
-from components.piper_speech import draw_piper_talker
 from components.speech import NATURAL_VARIANTS, Speaker, Talker, reset_engine, voices
-from components.sphinx import WordRecognizer
+
+if TYPE_CHECKING:
+    from components.sphinx import WordRecognizer
 
 SPEAKER_RATE_WPM = (130, 210)
 TAKE_RATE_JITTER = 0.08
@@ -105,9 +106,12 @@ def draw_speaker(recipe: DomainRecipe, rng: np.random.Generator) -> Speaker:
 
 def draw_talker(recipe: DomainRecipe, engine: Engine, rng: np.random.Generator) -> Talker:
     """A speaker of one engine, every setting drawn from `rng`."""
+    # Imported on use: onnx and the voice packages add ~2 s to every corpus worker that speaks espeak-ng only.
     if engine == "piper":
+        from components.piper_speech import draw_piper_talker
         return draw_piper_talker(rng)
     if engine == "kokoro":
+        from components.kokoro_speech import draw_kokoro_talker
         return draw_kokoro_talker(rng)
     return draw_speaker(recipe, rng)
 
@@ -193,6 +197,7 @@ def _say_all(items: list[tuple[str, Talker]], params: Params) -> list[np.ndarray
 @cache
 def _recognizer(words: tuple[str, ...], sample_rate: int) -> WordRecognizer:
     """One PocketSphinx decoder per worker process, built on first use (~0.3 s)."""
+    from components.sphinx import WordRecognizer  # on use, as the engines: most corpora check no clip
     return WordRecognizer(words, sample_rate)
 
 
