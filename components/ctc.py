@@ -20,6 +20,10 @@ BLANK, SEPARATOR = "-", "|"
 TOKENS = [BLANK, SEPARATOR, "'", *string.ascii_lowercase]
 _INDEX = {token: i for i, token in enumerate(TOKENS)}
 BLANK_ID = _INDEX[BLANK]
+# flashlight's beam search orders exactly tied hypotheses by where they sit in memory, so the same INT8 log-probs
+# (on a coarse grid, tied often) decoded in two processes could give two transcripts. A fixed offset per (frame,
+# token), far below INT8's step, makes every path's score distinct and the answer the same everywhere.
+TIE_BREAK = 1e-4
 
 
 def encode_text(text: str) -> list[int]:
@@ -68,7 +72,9 @@ class BeamDecoder:
 
     def decode(self, log_probs: torch.Tensor) -> str:
         """The best beam's words; a lexicon-free beam is spelled out of its tokens."""
-        best = self.decoder(log_probs.detach().float().unsqueeze(0).contiguous())[0][0]
+        emissions = log_probs.detach().float()
+        emissions = emissions + TIE_BREAK * torch.rand(emissions.shape, generator=torch.Generator().manual_seed(0))
+        best = self.decoder(emissions.unsqueeze(0).contiguous())[0][0]
         if self.lexicon:
             return " ".join(best.words)
         return " ".join("".join(self.decoder.idxs_to_tokens(best.tokens)).replace(SEPARATOR, " ").split())

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -54,6 +57,26 @@ def test_the_lexicon_prefers_the_word_the_audio_is_closest_to():
     assert BeamDecoder(["call", "tall"], Decode()).decode(lp) == "tall"
     lp[0, TOKENS.index("c")] = lp[0, TOKENS.index("t")] + 1.0
     assert BeamDecoder(["call", "tall"], Decode()).decode(lp) == "call"
+
+
+TIED_DECODES = """
+import sys, torch
+from components.config import Decode
+from components.ctc import TOKENS, BeamDecoder
+ballast = [torch.empty(997 * n + 3) for n in range(int(sys.argv[1]))]  # each process lays out memory differently
+grid = torch.Generator().manual_seed(1)
+decoder = BeamDecoder(["me", "my", "mine", "may", "yes"], Decode())
+# Log-probabilities on a coarse grid, as INT8 outputs are: many paths tie exactly.
+print([decoder.decode(torch.log_softmax(torch.round(2 * torch.randn(50, len(TOKENS), generator=grid)) / 2, -1))
+       for _ in range(40)])
+"""
+
+
+def test_tied_log_probs_decode_to_the_same_words_in_every_process():
+    """Without the tie break, four processes gave four different lists here (flashlight orders ties by address)."""
+    answers = {subprocess.run([sys.executable, "-c", TIED_DECODES, str(n)], capture_output=True, text=True,
+                              check=True).stdout for n in (1, 5, 9)}
+    assert len(answers) == 1
 
 
 def test_a_vocabulary_word_outside_the_alphabet_is_refused():
