@@ -92,7 +92,14 @@ class Dataset(Strict):
         return round(self.sample_rate * self.clip_seconds)
 
 
+FrontEndKind = Literal["log_mel", "speech_embedding"]
+
+
 class Features(Strict):
+    # log_mel: the log-mel spectrogram below, augmented afresh every batch. speech_embedding: openWakeWord's frozen
+    # embedding of real speech (96 values per 80 ms; 16 kHz keyword clips only), computed once by the featurize stage
+    # and masked per batch; the mel settings below do not apply to it.
+    kind: FrontEndKind = "log_mel"
     n_mels: PositiveInt = 40
     win_ms: Annotated[float, Field(gt=0.0)] = 30.0
     hop_ms: Annotated[float, Field(gt=0.0)] = 20.0
@@ -452,6 +459,13 @@ class Params(Strict):
                 raise ValueError(f"asr.corpus.domains: no synthesis recipe for {', '.join(sorted(unknown))}")
         if self.track == "esc" and self.esc is None:
             raise ValueError("track esc needs an `esc` section")
+        if self.features.kind == "speech_embedding" and self.dataset.sample_rate != 16000:
+            raise ValueError(f"features.kind speech_embedding reads 16 kHz audio, dataset.sample_rate is "
+                             f"{self.dataset.sample_rate}")
+        for section in ("asr", "esc"):
+            config = getattr(self, section)
+            if config is not None and config.features.kind != "log_mel":
+                raise ValueError(f"{section}.features.kind: only the keyword track has other front ends than log_mel")
         return self
 
     @model_validator(mode="after")

@@ -247,7 +247,10 @@ class KwsData:
 
     def split(self, name: str) -> KwsData:
         """The rows of one split; noise and names are shared."""
-        keep = self.splits == SPLITS.index(name)
+        return self.where(self.splits == SPLITS.index(name))
+
+    def where(self, keep: torch.Tensor) -> KwsData:
+        """The rows a boolean mask `keep` picks; noise and names are shared."""
         rows = keep.nonzero().flatten().tolist()
         return replace(
             self,

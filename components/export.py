@@ -87,6 +87,8 @@ class ExportReport:
     test_clips: int
     calibration_clips: int
     min_parity: float
+    # What the features cost per clip before any variant runs (1 thread, p50): the gate judges the two together.
+    front_end_ms_p50: float = 0.0
 
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
@@ -99,7 +101,8 @@ class ExportReport:
         """Plain JSON-ready figures for the metrics file and MLflow; paths become strings."""
         rows = [asdict(v) | {"path": None if v.path is None else str(v.path)} for v in self.variants]
         return {"variants": rows, "parity": self.parity, "min_parity": self.min_parity,
-                "test_clips": self.test_clips, "calibration_clips": self.calibration_clips}
+                "test_clips": self.test_clips, "calibration_clips": self.calibration_clips,
+                "front_end_ms_p50": self.front_end_ms_p50}
 
 
 @contextmanager
@@ -239,6 +242,17 @@ def _onnx_variant(name: str, path: Path, test_mels: Clips, test_labels: torch.Te
     return Variant(name, path, path.stat().st_size, p50, p95, _rate(top1 == test_labels), _rate(top1 == torch_top1))
 
 
+def front_end_latency_ms(front_end: torch.nn.Module, clip: torch.Tensor, runs: int) -> float:
+    """Median milliseconds `front_end` takes on one clip (1, samples), on one thread as the variants are timed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            return latency_ms(lambda: front_end(clip), runs)[0]
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _torch_variant(model: torch.nn.Module, test_mels: Clips, test_labels: torch.Tensor,
                    runs: int) -> tuple[Variant, torch.Tensor]:
     with torch.inference_mode():
@@ -261,10 +275,12 @@ def _rate(hits: torch.Tensor) -> float:
 
 
 def export_models(model: torch.nn.Module, calibration: Clips, test_mels: Clips, test_labels: torch.Tensor,
-                  cfg: Export, out_dir: Path, min_frames: int | None = None) -> ExportReport:
+                  cfg: Export, out_dir: Path, min_frames: int | None = None,
+                  front_end_ms: float = 0.0) -> ExportReport:
     """Write out_dir/model.onnx and out_dir/model.int8.onnx, measure all three variants, then enforce parity.
 
     min_frames None fixes the time axis at the clips' one length; a number makes it dynamic from that many frames up.
+    front_end_ms (front_end_latency_ms) is recorded beside the variants' latencies, which time the network alone.
     Both files are published before the check; ParityError (with the report) tells the caller to reject them.
     """
     if not len(calibration) or not len(test_mels) or len(test_mels) != len(test_labels):
@@ -291,6 +307,7 @@ def export_models(model: torch.nn.Module, calibration: Clips, test_mels: Clips, 
         test_clips=len(test_mels),
         calibration_clips=len(calibration),
         min_parity=cfg.min_parity,
+        front_end_ms_p50=front_end_ms,
     )
     if report.parity < cfg.min_parity:
         raise ParityError(f"INT8 top-1 agrees with PyTorch on {report.parity:.2%} of {report.test_clips} "

@@ -1,4 +1,4 @@
-"""Log-mel features: the front end shared by training, evaluation, export calibration and serving.
+"""Front ends shared by training, evaluation, export calibration and serving: log-mels, or a frozen embedding.
 
 torchaudio's mel transform over batches of waveforms, so featurizing is a few tensor ops, not a Python loop.
 """
@@ -9,6 +9,7 @@ import torch
 import torchaudio
 
 from components.config import Features
+from components.speech_embedding import EMBEDDING_DIM, SpeechEmbedding
 
 LOG_FLOOR = 1e-6
 # Clips per featurizing batch: the spectra of 64 one-second clips stay in cache, those of 1024 did not, and
@@ -42,6 +43,16 @@ class LogMel(torch.nn.Module):
         return torch.log(self.mel.mel_scale(stft.real.square() + stft.imag.square()) + LOG_FLOOR)
 
 
+def front_end(cfg: Features, sample_rate: int) -> torch.nn.Module:
+    """The front end `cfg.kind` names: waveforms (batch, samples) -> features (batch, feature_dims(cfg), frames)."""
+    return SpeechEmbedding() if cfg.kind == "speech_embedding" else LogMel(cfg, sample_rate)
+
+
+def feature_dims(cfg: Features) -> int:
+    """Values per frame the front end of `cfg` yields: the model's input channels."""
+    return EMBEDDING_DIM if cfg.kind == "speech_embedding" else cfg.n_mels
+
+
 def frame_count(cfg: Features, sample_rate: int, samples: int) -> int:
     """Frames LogMel yields for a clip of `samples` samples (no centre padding: one per hop over n_fft samples)."""
     n_fft = 1 << (round(sample_rate * cfg.win_ms / 1000) - 1).bit_length()
@@ -49,6 +60,6 @@ def frame_count(cfg: Features, sample_rate: int, samples: int) -> int:
 
 
 @torch.no_grad()
-def featurize(waves: torch.Tensor, front_end: LogMel, batch_size: int = BATCH_CLIPS) -> torch.Tensor:
-    """Log-mel of many clips, a few dozen at a time (BATCH_CLIPS), which also bounds memory."""
+def featurize(waves: torch.Tensor, front_end: torch.nn.Module, batch_size: int = BATCH_CLIPS) -> torch.Tensor:
+    """Features of many clips, a few dozen at a time (BATCH_CLIPS), which also bounds memory."""
     return torch.cat([front_end(chunk) for chunk in waves.split(batch_size)]) if len(waves) else waves.new_empty(0)

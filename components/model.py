@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from components.config import Model
+from components.config import Features, Model
 from components.errors import EarshotError
+from components.features import feature_dims
 from components.files import atomic_path
 
 
@@ -58,7 +59,8 @@ def load_model(path: Path) -> tuple[KeywordSpotter, dict[str, Any]]:
         raise EarshotError(f"{path}: model not found; run the train stage first")
     saved = torch.load(path, weights_only=True)
     card = saved["card"]
-    model = KeywordSpotter(card["features"]["n_mels"], len(card["label_names"]), Model(**card["model"]))
+    model = KeywordSpotter(feature_dims(Features(**card["features"])), len(card["label_names"]),
+                           Model(**card["model"]))
     try:
         model.load_state_dict(saved["state_dict"])
     except RuntimeError as err:

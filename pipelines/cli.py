@@ -374,6 +374,9 @@ def summary_table(params: Params) -> Table:
     for row in exported["variants"]:
         table.add_row(row["name"], f"{row['size_bytes'] / 1024:.1f} KiB · {row['latency_ms_p50']:.3f} ms p50 "
                                    f"(1 thread) · accuracy {row['accuracy']:.2%}")
+    if "front_end_ms_p50" in exported:
+        table.add_row("front end", f"{exported['front_end_ms_p50']:.3f} ms p50 per clip (1 thread), before any of "
+                                   "the above")
     table.add_row("MLflow run", run["run_id"])
     table.add_row("MLflow UI", "earshot ui  → http://127.0.0.1:5000")
     return table

@@ -39,6 +39,7 @@ class StoryStep:
     version: str
     drift: dict[str, float]  # the champion before the step, on the new domain vs the known ones
     challenger: dict[str, float]  # INT8 test accuracy per domain, "overall" first
+    by_source: dict[str, float]  # the challenger's test accuracy per voice source (synthesizer, "recorded")
     failures: list[str]
     champion_after: str
     seconds: float
@@ -124,8 +125,9 @@ def _step(params: Params, label: str, drop: Path | None, domain: str | None, bef
     challenger = {"overall": gate["challenger"]["accuracy"]} | gate["challenger"]["per_domain"]
     current = champion(registry_client(params.mlflow), params.mlflow.registered_model)
     failures = [check["name"] for check in gate["checks"] if not check["passed"]]
-    return StoryStep(label, domain, outcome["outcome"], outcome["version"], outcome["drift"], challenger, failures,
-                     current.version if current else "none", flow_seconds + sum(before.values()), stages)
+    by_source = json.loads((params.out.reports / "metrics.json").read_text()).get("per_engine", {})
+    return StoryStep(label, domain, outcome["outcome"], outcome["version"], outcome["drift"], challenger, by_source,
+                     failures, current.version if current else "none", flow_seconds + sum(before.values()), stages)
 
 
 def task_seconds(flow_run_id: UUID) -> dict[str, float]:
@@ -161,13 +163,14 @@ def stage_table(steps: list[StoryStep]) -> Table:
 def story_table(steps: list[StoryStep]) -> Table:
     """One row per step; every per-domain figure and check is in the gate report of the step's MLflow run."""
     table = Table(title="earshot · continuous training story", title_justify="left")
-    for column in ("step", "old champion: new / known domains", "challenger: overall / new domain", "gate",
-                   "champion", "time"):
+    for column in ("step", "old champion: new / known domains", "challenger: overall / new domain",
+                   "challenger by voice source", "gate", "champion", "time"):
         table.add_column(column)
     for s in steps:
         drift = f"{s.drift['new_domain']:.1%} / {s.drift['known_domains']:.1%}" if "new_domain" in s.drift else "-"
         figures = f"{s.challenger['overall']:.1%}" + (f" / {s.challenger[s.domain]:.1%}" if s.domain else "")
         verdict = f"v{s.version} {s.outcome}" + (f" ({len(s.failures)} checks failed: {s.failures[0]}, …)"
                                                   if s.failures else "")
-        table.add_row(s.step, drift, figures, verdict, f"v{s.champion_after}", f"{s.seconds:.0f} s")
+        sources = " · ".join(f"{source} {accuracy:.1%}" for source, accuracy in s.by_source.items()) or "-"
+        table.add_row(s.step, drift, figures, sources, verdict, f"v{s.champion_after}", f"{s.seconds:.0f} s")
     return table

@@ -17,7 +17,8 @@ from components.config import Params
 from components.dataset import read_audio
 from components.errors import EarshotError
 from components.evaluate import evaluate_predictions, plot_confusion
-from components.export import ExportReport, export_models
+from components.export import ExportReport, export_models, front_end_latency_ms
+from components.features import LogMel
 from components.files import write_csv, write_text_atomically
 from components.model import count_parameters, save_model
 from components.review import ReviewClip, pick_mistakes
@@ -216,8 +217,14 @@ def export(params: Params) -> ExportReport:
     picks = np.random.default_rng(params.seed).permutation(len(train_clips))[: params.esc.export.calibration_clips]
     calibration = [data.mels_by_path[train_clips[i].path] for i in picks]
     test = holdout_set(params, data)
+    # The front end's cost depends on the length alone: timed on silence as long as the longest holdout clip.
+    log_mel = LogMel(params.esc.features, params.esc.sample_rate)
+    spec = log_mel.mel.spectrogram
+    longest = torch.zeros(1, spec.n_fft + (max(m.shape[-1] for m in test.mels) - 1) * spec.hop_length)
+    front_ms = front_end_latency_ms(log_mel, longest, params.esc.export.latency_runs)
     return record_export(params, lambda: export_models(model, calibration, test.mels, test.labels, params.esc.export,
-                                                       params.out.model_dir, min_frames=card["min_frames"]))
+                                                       params.out.model_dir, min_frames=card["min_frames"],
+                                                       front_end_ms=front_ms))
 
 
 def holdout_set(params: Params, data: SoundData) -> SoundData:

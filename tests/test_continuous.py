@@ -415,7 +415,9 @@ def test_the_demo_never_wipes_the_project_it_runs_in(tmp_path, monkeypatch):
 
 
 def test_demo_story_runs_in_a_repo_of_its_own_and_the_shuffled_drop_is_refused(prefect_api, tmp_path, monkeypatch):
-    from pipelines.demo import run_demo
+    from rich.console import Console
+
+    from pipelines.demo import run_demo, story_table
 
     monkeypatch.chdir(tmp_path)
     settings = tiny_settings(None)
@@ -435,4 +437,18 @@ def test_demo_story_runs_in_a_repo_of_its_own_and_the_shuffled_drop_is_refused(p
     log = subprocess.run(["git", "log", "--format=%s"], cwd=tmp_path / "demo", capture_output=True, text=True).stdout
     assert sum(line.startswith("data: ingest") for line in log.splitlines()) == 2
     assert any((tmp_path / "demo/dvc-remote").rglob("*"))  # the data was pushed to the demo's DVC remote
+    # Per voice source, the challenger's test accuracy is in the story's table and the champion's model card.
+    sources = set(settings["synthesis"]["domains"]["studio_us"].get("engines", ["espeak"]))
+    assert set(steps[0].by_source) == sources | {"background"}  # "background": the _silence_ clips' noise
+    assert all(sources <= set(s.by_source) and all(0 <= v <= 1 for v in s.by_source.values()) for s in steps)
+    console = Console(width=250, record=True)
+    console.print(story_table(steps))
+    assert "challenger by voice source" in console.export_text()
+    with monkeypatch.context() as inside:
+        inside.chdir(tmp_path / "demo")
+        demo = load_params("params.yaml")
+        client = registry_client(demo.mlflow)
+        card = client.get_model_version(demo.mlflow.registered_model, champion(client, demo.mlflow.registered_model)
+                                        .version).description
+    assert all(f"test_accuracy.source.{source}" in card for source in sources)
     assert not (tmp_path / "data").exists()  # nothing written into the folder the demo was started from

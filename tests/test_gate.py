@@ -50,7 +50,7 @@ def test_a_drop_of_exactly_the_allowed_points_passes():
     [
         ({"per_domain": {"studio_us": 0.98}}, "no regression on office_uk"),
         ({"int8_parity": 0.98}, "INT8 parity with PyTorch"),
-        ({"int8_latency_ms": 2.5}, "INT8 latency (1 thread, p50)"),
+        ({"int8_latency_ms": 2.5}, "INT8 latency with front end (1 thread, p50)"),
         ({"int8_size_bytes": 300 * 1024}, "INT8 size"),
     ],
 )

@@ -3,16 +3,35 @@ synthesizer to another far better than log-mels do."""
 
 from __future__ import annotations
 
+import base64
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import yaml
+from typer.testing import CliRunner
 
 from components.acoustics import resample
-from components.config import Features
+from components.config import Features, load_params
 from components.features import LogMel
 from components.piper_speech import draw_piper_talker
 from components.speech import NATURAL_VARIANTS, Speaker, Talker
 from components.speech_embedding import EMBEDDING_DIM, SpeechEmbedding, embed, window_count
+from pipelines.cli import app
+from pipelines.stages import PACKAGE_DIR, STAGES
+from tests.conftest import (
+    free_port,
+    healthy,
+    invoke,
+    start_model_server,
+    stop_server,
+    tiny_settings,
+    wait_until,
+    write_tree,
+)
+from tests.test_continuous import pitches, speakers
 
 WORDS = "yes no up down left right on off stop go".split()
 
@@ -73,3 +92,47 @@ def test_embedding_carries_words_from_espeak_to_piper_far_better_than_log_mels(e
     log_mel = nearest_centroid_accuracy(flat_log_mels(espeak), espeak_labels, flat_log_mels(piper), piper_labels)
     assert embedding >= 0.55, embedding
     assert embedding - log_mel >= 0.15, (embedding, log_mel)
+
+
+def test_a_speech_embedding_model_is_one_package_that_answers_alike_in_earshot_predict_and_mlflow_models_serve(
+        tmp_path: Path, monkeypatch):
+    """features.kind speech_embedding through the real stages: the package runs the frozen front end and the INT8
+    head, so `earshot predict` and `mlflow models serve` give the same labels and confidences for the same clips;
+    the export report times the front end, and the gate judges the two together. A tone tree: this is about the
+    package, not about what the head learns."""
+    monkeypatch.chdir(tmp_path)  # a sqlite store keeps its artifacts under the working directory
+    settings = tiny_settings(tmp_path)
+    settings["features"]["kind"] = "speech_embedding"
+    tree = write_tree(tmp_path / "tones", pitches(settings, 300.0), speakers("e", 8))
+    settings["dataset"]["domains"] = {"tones": str(tree)}
+    settings["gate"]["max_int8_latency_ms"] = 500.0  # the embedding's budget: ~10 ms a clip
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(settings))
+    params = load_params(params_file)
+    for stage in ("featurize", "train", "export", "gate"):
+        STAGES[stage](params)
+    exported = json.loads((params.out.reports / "export.json").read_text())
+    assert exported["front_end_ms_p50"] > 1.0  # the embedding, not a log-mel (~0.1 ms)
+    int8 = next(v for v in exported["variants"] if v["name"] == "onnx_int8")
+    gated = json.loads((params.out.reports / "gate.json").read_text())["challenger"]["int8_latency_ms"]
+    assert gated == pytest.approx(int8["latency_ms_p50"] + exported["front_end_ms_p50"])
+    package = params.out.model_dir / PACKAGE_DIR
+    clips = sorted(tree.glob("[a-z]*/*.wav"))[::5]
+    done = CliRunner().invoke(app, ["predict", "--json", "--model", str(package), "--params", str(params_file),
+                                    *map(str, clips)])
+    assert done.exit_code == 0, done.output
+    expected = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(expected) == len(clips)
+
+    port, log = free_port(), tmp_path / "serve.log"
+    server = start_model_server(str(package), settings["tracking"]["uri"], port, tmp_path, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: healthy(url), server, "mlflow models serve", log)
+        status, answer = invoke(url, {"audio": [base64.b64encode(clip.read_bytes()).decode() for clip in clips]})
+        assert status == 200, answer
+        served = answer["predictions"]
+        assert [p["label"] for p in served] == [e["label"] for e in expected]
+        assert [p["confidence"] for p in served] == pytest.approx([e["confidence"] for e in expected], abs=1e-6)
+    finally:
+        stop_server(server)
