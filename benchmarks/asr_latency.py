@@ -34,8 +34,8 @@ from components.export import FP32_FILE, INT8_FILE
 from components.features import LogMel
 from components.grammar import sample_sentences
 from components.streaming import Context, StreamingTranscriber, TranscriptEvent, transcribe_offline
+from components.tracks.asr import decoder_for
 from components.wer import WerReport, score_transcripts
-from pipelines.asr_stages import decoder_for
 
 GAP_S = (0.5, 2.0)
 P95_TARGET_MS, P95_GOAL_MS = 500.0, 200.0

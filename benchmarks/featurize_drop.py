@@ -24,7 +24,7 @@ from components.corpus import synthesize_corpus
 from components.dataset import index_speech_commands
 from components.drops import write_drop
 from components.ingest import ingest_drop
-from pipelines.stages import featurize_stage
+from components.tracks import kws
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -87,11 +87,11 @@ def main() -> None:
             if state:
                 shutil.copytree(state / folder.name, folder)
 
-    scratch = median_seconds(lambda: featurize_stage(params), lambda: restore(None), args.repeats)
+    scratch = median_seconds(lambda: kws.featurize(params), lambda: restore(None), args.repeats)
     for folder in kept:
         shutil.copytree(folder, snapshot / folder.name)
     ingest_drop(params, drop, "kitchen_caribbean", work / "docs", progress=False)
-    after_drop = median_seconds(lambda: featurize_stage(params), lambda: restore(snapshot), args.repeats)
+    after_drop = median_seconds(lambda: kws.featurize(params), lambda: restore(snapshot), args.repeats)
     drop_files = len(list((work / "data/domains/kitchen_caribbean").glob("*/*.wav")))
 
     table = Table(title=f"featurize: after a drop vs. from scratch (one run, median of {args.repeats})")

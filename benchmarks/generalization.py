@@ -30,8 +30,8 @@ from components.evaluate import predict
 from components.export import ParityError, export_models, front_end_latency_ms
 from components.features import featurize, front_end
 from components.sphinx import WordRecognizer
+from components.tracks import kws
 from components.train import train_model
-from pipelines.stages import featurize_stage
 
 ENGINES: tuple[Engine, ...] = ("espeak", "piper", "kokoro")
 TARGET_ACCURACY = 0.90
@@ -97,7 +97,7 @@ def main() -> None:
             peer = None
             for kind in get_args(FrontEndKind):
                 params = without(work, left_out, kind, corpora)
-                featurize_stage(params)
+                kws.featurize(params)
                 data = KwsData.load(params.out.features)
                 result = train_model(data, params)
                 test = left_out_clips(corpora[left_out], params)

@@ -28,8 +28,8 @@ from components.evaluate import predict
 from components.export import ExportReport, ParityError, export_models
 from components.features import BATCH_CLIPS, LOG_FLOOR, LogMel, featurize
 from components.model import count_parameters
+from components.tracks import kws
 from components.train import TrainResult, teacher_params, train_model
-from pipelines.stages import featurize_stage
 
 TARGET_VAL_ACCURACY = 0.95
 
@@ -166,7 +166,7 @@ def main() -> None:
         work = Path(scratch)
         params = workspace_params(work, args.speakers)
         synthesize_corpus(params)
-        featurize_stage(params)
+        kws.featurize(params)
         data = KwsData.load(params.out.features)
         train, test = data.split("training"), data.split("testing")
 

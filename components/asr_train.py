@@ -23,6 +23,8 @@ from components.seeding import seeded_generator
 from components.train import restore_checkpoint, run_fingerprint, save_checkpoint
 
 # How far batch lengths are jittered before sorting (a fraction of each length), so batches differ every epoch.
+# The settings that shape the transcriber, as a pydantic `include` of Params (see run_fingerprint).
+ASR_TRAINING = {"seed": True, "augment": True, "asr": {"features", "model", "train"}}
 LENGTH_JITTER = 0.1
 
 
@@ -97,7 +99,7 @@ def train_transcriber(
     state = {"epoch": 0, "best_epoch": -1, "best": (float("inf"), float("inf")), "best_weights": None,
              "history": []}
 
-    fingerprint = run_fingerprint(params, data.version)
+    fingerprint = run_fingerprint(params, data.version, ASR_TRAINING)
     state = restore_checkpoint(checkpoint, fingerprint, model, optimizer, schedule, gen) or state
     resumed_from = state["epoch"]
 

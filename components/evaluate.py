@@ -118,3 +118,14 @@ def plot_domain_wer(report: WerReport, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def classifier_rows(metrics: dict, exported: dict) -> list[tuple[str, str]]:
+    """A classifier's per-domain accuracy, its exported models' size, speed and accuracy, and its front end's cost."""
+    rows = [(f"  {domain}", f"{accuracy:.2%}") for domain, accuracy in metrics["per_domain"].items()]
+    rows += [(row["name"], f"{row['size_bytes'] / 1024:.1f} KiB · {row['latency_ms_p50']:.3f} ms p50 (1 thread) · "
+                           f"accuracy {row['accuracy']:.2%}") for row in exported["variants"]]
+    if "front_end_ms_p50" in exported:
+        rows.append(("front end", f"{exported['front_end_ms_p50']:.3f} ms p50 per clip (1 thread), before any of "
+                                  "the above"))
+    return rows

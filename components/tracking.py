@@ -96,9 +96,10 @@ KWS_SETTINGS = {"dataset", "features", "model", "train", "export", "gate"}
 
 
 @contextmanager
-def training_run(params: Params, run_file: Path, tags: dict[str, str], resume: bool = False
+def training_run(params: Params, run_file: Path, tags: dict[str, str], foreign: set[str], resume: bool = False
                  ) -> Iterator[mlflow.ActiveRun]:
-    """Start a run for one training, log every setting, and record its id in `run_file` for later stages.
+    """Start a run for one training, log every setting but the `foreign` sections (other tracks' settings, which do
+    not shape this model and would only bury the ones that do), and record its id in `run_file` for later stages.
 
     With `resume`, an interrupted training of the same `training_key` continues the run `run_file` names, so its
     curves stay in one place.
@@ -107,11 +108,8 @@ def training_run(params: Params, run_file: Path, tags: dict[str, str], resume: b
     recorded = json.loads(run_file.read_text()) if resume and run_file.is_file() else {}
     same = recorded.get("training_key") == tags.get("training_key")
     with mlflow.start_run(run_id=recorded["run_id"] if same else None, tags=tags) as run:
-        # The other track's settings do not shape this model; logged, they would only bury the ones that do.
-        other_track = {"kws": {"asr", "esc"}, "asr": KWS_SETTINGS | {"esc"},
-                       "esc": KWS_SETTINGS | {"asr", "augment"}}[params.track]
         settings = flatten(params.model_dump(mode="json", exclude={"synthesis", "paths", "tracking", "demo", "keywords",
-                                                                   *other_track}))
+                                                                   *foreign}))
         mlflow.log_params({k: str(v)[:6000] for k, v in settings.items()})
         write_text_atomically(run_file, json.dumps({"run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
                                                     "training_key": tags.get("training_key")}) + "\n")

@@ -42,17 +42,14 @@ def score(model: torch.nn.Module, mels: torch.Tensor, labels: torch.Tensor, batc
     return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
 
 
-# The settings that shape each track's trained model, as a pydantic `include` of Params.
-TRAINING_SETTINGS = {
-    "kws": {"seed", "features", "augment", "model", "train"},
-    "asr": {"seed": True, "augment": True, "asr": {"features", "model", "train"}},
-    "esc": {"seed": True, "esc": {"sample_rate", "features", "train", "holdout_fold"}},
-}
+# The settings that shape the keyword model, as a pydantic `include` of Params (see run_fingerprint).
+KWS_TRAINING = {"seed", "features", "augment", "model", "train"}
 
 
-def run_fingerprint(params: Params, data_version: str) -> str:
-    """What a checkpoint must match to be resumed: the data and every setting that shapes the track's training."""
-    relevant = params.model_dump(mode="json", include=TRAINING_SETTINGS[params.track])
+def run_fingerprint(params: Params, data_version: str, include: set | dict) -> str:
+    """What a checkpoint must match to be resumed: the data and every setting that shapes a track's training
+    (`include`, a pydantic include of Params, the track's own)."""
+    relevant = params.model_dump(mode="json", include=include)
     return hashlib.sha256(json.dumps([relevant, data_version], sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -131,7 +128,7 @@ def train_model(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
     state = {"epoch": 0, "best_epoch": -1, "best_acc": -1.0, "best_weights": None, "history": []}
 
-    fingerprint = run_fingerprint(params, data.version)
+    fingerprint = run_fingerprint(params, data.version, KWS_TRAINING)
     state = restore_checkpoint(checkpoint, fingerprint, model, optimizer, schedule, gen) or state
     resumed_from = state["epoch"]
     net = world.wrap(model)

@@ -136,7 +136,7 @@ app.add_typer(keywords_app, name="keywords")
 @app.command()
 def encoder(params: ParamsOption = Path("params.yaml")) -> None:
     """Train the speech encoder custom keywords build on (synthesized words) and make it earshot-encoder@champion."""
-    from pipelines.keyword_stages import train_encoder_stage
+    from components.tracks.phrases import train_encoder_stage
 
     train_encoder_stage(load_params(params))
 
@@ -148,7 +148,7 @@ def keywords_add(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Train a keyword model for the phrases on the champion encoder; export, gate and promote it like any model."""
-    from pipelines.keyword_stages import add_keywords
+    from components.tracks.phrases import add_keywords
 
     decision = add_keywords(load_params(params), phrases, drop)
     console.print(f"{'promoted' if decision.promoted else 'refused'}: earshot-keywords version {decision.version}",
@@ -351,33 +351,16 @@ def summary(params: ParamsOption = Path("params.yaml")) -> None:
 
 
 def summary_table(params: Params) -> Table:
-    from pipelines.stages import read_json
+    from components.runs import read_json
+    from components.tracks import track_of
 
-    reports, model_dir = params.out.reports, params.out.model_dir
-    metrics = read_json(reports / "metrics.json")
-    exported = read_json(reports / "export.json")
-    run = read_json(model_dir / "run.json")
-    title = {"kws": "keyword spotting", "esc": "environmental sound classification"}[params.track]
-    table = Table(title=f"earshot · {title}", show_header=False, title_justify="left")
+    track, reports = track_of(params), params.out.reports
+    table = Table(title=f"earshot · {track.title}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    if params.track == "esc":
-        table.add_row("fold cross-validation", f"{metrics['mean_accuracy']:.2%} ± {metrics['std_accuracy']:.2%} over "
-                                               f"{len(metrics['folds'])} folds ({metrics['clips']} clips)")
-        holdout = metrics["holdout"]
-        table.add_row(f"deployed model, fold {holdout['fold']}",
-                      f"{holdout['accuracy']:.2%} on {holdout['clips']} clips")
-    else:
-        table.add_row("test accuracy", f"{metrics['accuracy']:.2%} on {metrics['clips']} clips")
-    for domain, accuracy in metrics["per_domain"].items():
-        table.add_row(f"  {domain}", f"{accuracy:.2%}")
-    for row in exported["variants"]:
-        table.add_row(row["name"], f"{row['size_bytes'] / 1024:.1f} KiB · {row['latency_ms_p50']:.3f} ms p50 "
-                                   f"(1 thread) · accuracy {row['accuracy']:.2%}")
-    if "front_end_ms_p50" in exported:
-        table.add_row("front end", f"{exported['front_end_ms_p50']:.3f} ms p50 per clip (1 thread), before any of "
-                                   "the above")
-    table.add_row("MLflow run", run["run_id"])
+    for row in track.summary_rows(read_json(reports / "metrics.json"), read_json(reports / "export.json")):
+        table.add_row(*row)
+    table.add_row("MLflow run", read_json(params.out.model_dir / "run.json")["run_id"])
     table.add_row("MLflow UI", "earshot ui  → http://127.0.0.1:5000")
     return table
 

@@ -20,6 +20,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.deployments import run_deployment
 from prefect.deployments.runner import RunnerDeployment
 
+from components.challenge import ChampionScore
 from components.config import Params, load_params
 from components.errors import EarshotError
 from components.export import ParityError
@@ -70,14 +71,13 @@ def earlier_decision(params: Params, training_key: str) -> tuple[str, str, str] 
     return str(found.version), found.tags.get("gate", ""), finish_decision(client, name, found)
 
 
-# featurize, training_key, train, evaluate and export run the stage of params.track; the gate differs per track.
+# Each runs the stage of the track params.yaml selects.
 ingest = _stage_task(stages.ingest)
 featurize = _stage_task(stages.STAGES["featurize"], retried=False)
 train = _stage_task(stages.STAGES["train"])
 evaluate = _stage_task(stages.STAGES["evaluate"])
 export = _stage_task(stages.STAGES["export"])
 gate = _stage_task(stages.gate)
-gate_transcriber = _stage_task(stages.STAGES["gate"], name="gate_transcriber")
 decide = _stage_task(stages.decide)
 champion_version = _stage_task(stages.champion_version)
 training_key = _stage_task(stages.STAGES["training_key"], retried=False)
@@ -94,8 +94,10 @@ def _champion_score_key(_context: Any, arguments: dict[str, Any]) -> str:
 
 
 @task(name="score_champion", cache_key_fn=_champion_score_key, cache_expiration=timedelta(days=7), **RETRIED)
-def score_champion(params: Params, version: str, training_key: str) -> stages.ChampionScore:
-    """Cached by (champion version, data and settings): a rerun after a crash does not score the champion again."""
+def score_champion(params: Params, version: str, training_key: str) -> ChampionScore | None:
+    """Cached by (champion version, data and settings): a rerun after a crash does not score the champion again.
+
+    None for a track whose gate re-scores its champion itself (speech to text): it has no drift figure."""
     with reaching_store():
         return stages.score_champion(params, version)
 
@@ -110,9 +112,6 @@ def continuous_training(params_path: str = "params.yaml", drop: str | None = Non
     params = load_params(params_path)
     if (drop is None) != (domain is None):
         raise EarshotError("a drop needs its domain (and a domain its drop)")
-    if drop is not None and params.track != "kws":
-        raise EarshotError(f"{drop}: drops are ingested for the keyword track only so far (params track is "
-                           f"{params.track})")
     with exclusive(params.continuous.lock, "retraining"):
         if drop is not None:
             ingest(params, Path(drop), domain)
@@ -126,8 +125,7 @@ def continuous_training(params_path: str = "params.yaml", drop: str | None = Non
             print(f"data and settings unchanged since version {version} (gate {verdict}); nothing to train")
             return {"outcome": "skipped", "version": version, "training_key": key, "finished": finished}
         current = champion_version(params)
-        # The speech-to-text gate re-scores its champion itself; drift before training is a classifier signal.
-        champion = score_champion(params, current, key) if current and params.track != "asr" else None
+        champion = score_champion(params, current, key) if current else None
         drift = champion.drift(domain) if champion else {}
         if champion:
             print(f"drift: champion v{champion.version} scores " + ", ".join(f"{k} {v:.2%}" for k, v in drift.items()))
@@ -137,7 +135,7 @@ def continuous_training(params_path: str = "params.yaml", drop: str | None = Non
             export(params)
         except ParityError as err:
             print(f"export: {err}; the gate will refuse this model")
-        report = gate_transcriber(params) if params.track == "asr" else gate(params, domain, champion)
+        report = gate(params, domain, champion)
         create_markdown_artifact(_flow_report(drift, domain, report.to_markdown()), key="gate-report",
                                  description=f"Gate report of run {run_id}")
         decision = decide(params, report, domain)

@@ -15,8 +15,9 @@ from components.asr_model import load_transcriber, output_frames, pad_batch
 from components.config import load_params
 from components.dataset import read_audio
 from components.export import INT8_FILE
+from components.runs import model_file
 from components.serving import ARTIFACTS, PackagedModel
-from pipelines import asr_stages
+from components.tracks import asr
 from tests.conftest import tiny_settings
 from tests.test_pipeline import changed_copy, reproduced_repo, run
 
@@ -69,10 +70,10 @@ def test_earshot_predict_transcribes_the_test_split_as_the_pipeline_does(asr_rep
     transcripts."""
     monkeypatch.chdir(asr_repo)
     params = load_params("params.yaml")
-    test = asr_stages.load_data(params).split("testing")
-    model, card = load_transcriber(asr_stages.model_file(params))
-    acoustic, decoder = onnx_log_probs(params.out.model_dir / INT8_FILE), asr_stages.decoder_for(card, params)
-    files = asr_stages.utterance_files(params).set_index("id")["file"]
+    test = asr.load_data(params).split("testing")
+    model, card = load_transcriber(model_file(params))
+    acoustic, decoder = onnx_log_probs(params.out.model_dir / INT8_FILE), asr.decoder_for(card, params)
+    files = asr.utterance_files(params).set_index("id")["file"]
     packaged = PackagedModel(asr_repo / "models/asr/package" / ARTIFACTS)
     stored = []
     for mels, utterance in zip(test.mels, test.ids, strict=True):

@@ -34,7 +34,7 @@ from components.registry import (
     registry_client,
     rollback,
 )
-from pipelines import stages
+from components.tracks import kws
 from pipelines.flows import _transient, continuous_training, deployments, score_champion, watch_incoming
 from tests.conftest import (
     free_port,
@@ -359,7 +359,7 @@ def test_one_old_domain_regressing_is_refused_even_when_the_average_improves(pre
     swapped = pitches(world.settings, 301.0)
     swapped["yes"], swapped["no"] = swapped["no"], swapped["yes"]
     write_tree(mislabeled, swapped, speakers("v", 30, "training") + speakers("v", 10, "validation"), detune=-20)
-    stages.ingest(world.params, mislabeled, "lab_a")
+    kws.ingest(world.params, mislabeled, "lab_a")
     # Then a good drop of a new domain lands: the challenger gains far more on lab_b than it loses on lab_a.
     result = world.retrain(world.drop("lab_b", 1600.0), "lab_b")
     gate = json.loads(result["gate"])
@@ -383,7 +383,7 @@ def test_champion_scoring_is_cached_by_its_inputs(story):
     from prefect import flow
 
     world = story["world"]
-    key = stages.training_key(world.params)
+    key = kws.training_key(world.params)
     version = world.aliases()[CHAMPION]
 
     @flow

@@ -26,8 +26,8 @@ from components.dataset import KwsData, build_dataset
 from components.distributed import World
 from components.evaluate import evaluate_predictions, predict
 from components.features import LogMel, featurize
+from components.tracks import kws
 from components.train import train_model
-from pipelines import stages
 from pipelines.cli import app
 from tests.conftest import tiny_settings, write_tree
 from tests.test_continuous import World as ToneWorld
@@ -82,7 +82,7 @@ def test_two_processes_reach_the_accuracy_of_one(tone_task):
 def test_earshot_train_nproc_2_logs_one_run_from_rank_0(tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)  # a sqlite store keeps its artifacts under the working directory
     world = ToneWorld(tmp_path)
-    stages.featurize_stage(world.params)
+    kws.featurize(world.params)
     clips = len(KwsData.load(world.params.out.features).split("training").labels)
     # The last batch is one clip: rank 1's share of it is empty, and its gradient must count for nothing.
     epochs = 3

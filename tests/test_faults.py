@@ -46,7 +46,7 @@ from components.registry import (
     promotion_log,
     register_candidate,
 )
-from pipelines import stages
+from components.tracks import kws
 from tests.conftest import free_port, start_mlflow_server, stop_server
 from tests.test_continuous import BIN, World
 
@@ -140,7 +140,7 @@ def export_completes(world: World) -> None:
 
     In this process: the stage function `earshot export` calls, without paying a child's imports again.
     """
-    stages.export(world.params)
+    kws.export(world.params)
     model_dir = world.params.out.model_dir
     assert set(published(model_dir)) == {FP32_FILE, INT8_FILE}
     assert not list(model_dir.glob(".*.partial"))
@@ -273,13 +273,13 @@ def test_a_killed_promotion_is_finished_by_the_next_run(world: World, method: st
 
 def test_a_retried_decision_registers_no_second_version(world: World) -> None:
     # The decide task retried after the store dropped its answer: the run's version exists already.
-    report = stages.gate_stage(world.params)
+    report = kws.TRACK.gate_stage(world.params)
     versions = len(world.client.search_model_versions(f"name='{world.name}'"))
     # The newest version of this run's training key (the store-down test registers a spare under a key of its own).
-    newest = str(gated_version(world.client, world.name, stages.training_key(world.params)).version)
+    newest = str(gated_version(world.client, world.name, kws.training_key(world.params)).version)
     log_before = promotion_log(world.client, world.name)
 
-    decision = stages.decide(world.params, report, None)
+    decision = kws.TRACK.decide(world.params, report, None)
 
     assert len(world.client.search_model_versions(f"name='{world.name}'")) == versions
     assert decision.version == newest and decision.promoted == (world.aliases()[CHAMPION] == newest)

@@ -9,7 +9,7 @@ import torch
 from components.config import Features, Params
 from components.dataset import KwsData
 from components.features import LOG_FLOOR, LogMel, frame_count
-from pipelines.stages import featurize_stage
+from components.tracks.kws import featurize
 from tests.conftest import tiny_settings, tone, write_tree
 
 WORDS = {"yes": 300.0, "no": 500.0, "up": 700.0, "bed": 900.0}
@@ -26,14 +26,14 @@ def test_only_the_changed_domain_is_rebuilt_and_removed_domains_are_dropped(tmp_
     a = write_tree(tmp_path / "a", WORDS, SPEAKERS)
     b = write_tree(tmp_path / "b", WORDS, SPEAKERS)
     params = params_for(tmp_path, {"a": a, "b": b})
-    first = featurize_stage(params)
+    first = featurize(params)
     shards = params.out.features
     stamps = {d: (shards / f"{d}.pt").stat().st_mtime_ns for d in ("a", "b")}
-    assert featurize_stage(params) == first  # nothing changed, nothing rebuilt
+    assert featurize(params) == first  # nothing changed, nothing rebuilt
     assert {d: (shards / f"{d}.pt").stat().st_mtime_ns for d in ("a", "b")} == stamps
 
     sf.write(a / "yes" / f"{SPEAKERS[0]}_nohash_0.wav", tone(1500.0), 16000, subtype="PCM_16")
-    second = featurize_stage(params)
+    second = featurize(params)
     assert second["a"] != first["a"] and second["b"] == first["b"]
     assert (shards / "b.pt").stat().st_mtime_ns == stamps["b"]
     assert (shards / "a.pt").stat().st_mtime_ns != stamps["a"]
@@ -42,7 +42,7 @@ def test_only_the_changed_domain_is_rebuilt_and_removed_domains_are_dropped(tmp_
     assert joined.domain_names == ["a", "b"] and len(joined.mels) == len(joined.labels) == len(joined.waves)
     assert set(joined.domains.tolist()) == {0, 1}
 
-    featurize_stage(params_for(tmp_path, {"a": a}))
+    featurize(params_for(tmp_path, {"a": a}))
     assert not (shards / "b.pt").exists() and list(json.loads((shards / "index.json").read_text())) == ["a"]
 
 

@@ -17,10 +17,11 @@ from components.acoustics import resample
 from components.config import Features, load_params
 from components.features import LogMel
 from components.piper_speech import draw_piper_talker
+from components.runs import PACKAGE_DIR
 from components.speech import NATURAL_VARIANTS, Speaker, Talker
 from components.speech_embedding import EMBEDDING_DIM, SpeechEmbedding, embed, window_count
 from pipelines.cli import app
-from pipelines.stages import PACKAGE_DIR, STAGES
+from pipelines.stages import STAGES
 from tests.conftest import (
     free_port,
     healthy,

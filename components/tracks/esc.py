@@ -1,4 +1,4 @@
-"""The environmental sound track's stages (`track: esc`), behind the same names and outputs as the keyword stages.
+"""The environmental sound classification track (`track: esc`): its stages, with the keyword stages' names and outputs.
 
 UrbanSound8K's and ESC-50's protocol: the accuracy reported is fold cross-validation. The deployed model trains on
 every fold but a holdout fold, and export, the gate and the champion are all scored on that fold.
@@ -13,25 +13,18 @@ import numpy as np
 import pandas as pd
 import torch
 
+from components.challenge import ClassifierGate, GateInputs, classifier_figures
 from components.config import Params
 from components.dataset import read_audio
 from components.errors import EarshotError
-from components.evaluate import evaluate_predictions, plot_confusion
+from components.evaluate import classifier_rows, evaluate_predictions, plot_confusion
 from components.export import ExportReport, export_models, front_end_latency_ms
 from components.features import LogMel
 from components.files import write_csv, write_text_atomically
 from components.model import count_parameters, save_model
 from components.review import ReviewClip, pick_mistakes
-from components.sound_corpus import DOMAINS_CSV, source_domains, synthesize_urbansound
-from components.sound_data import SoundData, featurize_clips
-from components.sound_events import SoundClip, load_esc50, load_urbansound8k
-from components.sound_model import load_sound_model, min_frames
-from components.sound_train import CrossValidation, FoldResult, cross_validate, fold_roles, score, train_fold
-from components.tracking import resume_run, training_run
-from components.train import run_fingerprint
-from pipelines.stages import (
+from components.runs import (
     console,
-    gate_stage,
     model_file,
     record_data_docs,
     record_export,
@@ -40,9 +33,21 @@ from pipelines.stages import (
     run_file,
     write_json,
 )
+from components.sound_corpus import DOMAINS_CSV, source_domains, synthesize_urbansound
+from components.sound_data import SoundData, featurize_clips
+from components.sound_events import SoundClip, load_esc50, load_urbansound8k
+from components.sound_model import load_sound_model, min_frames
+from components.sound_train import CrossValidation, FoldResult, cross_validate, fold_roles, score, train_fold
+from components.tracking import KWS_SETTINGS, resume_run, training_run
+from components.tracks import Track
+from components.train import run_fingerprint
 
 FEATURES_FILE = "clips.pt"
 LOADERS = {"urbansound8k": load_urbansound8k, "esc50": load_esc50}
+# The settings that shape the sound model, as a pydantic `include` of Params (see run_fingerprint).
+ESC_TRAINING = {"seed": True, "esc": {"sample_rate", "features", "train", "holdout_fold"}}
+# The other tracks' settings do not shape this model; logged, they would only bury the ones that do.
+FOREIGN_SETTINGS = KWS_SETTINGS | {"asr", "augment"}
 
 
 def synthesize(params: Params) -> list[SoundClip]:
@@ -91,8 +96,8 @@ def holdout_fold(params: Params, data: SoundData) -> int:
 
 
 def training_key(params: Params) -> str:
-    """The featurized data's version and every setting that shapes training (see stages.training_key)."""
-    return run_fingerprint(params, load_data(params).version)
+    """The featurized data's version and every setting that shapes training."""
+    return run_fingerprint(params, load_data(params).version, ESC_TRAINING)
 
 
 def train(params: Params) -> str:
@@ -102,9 +107,10 @@ def train(params: Params) -> str:
     torch.set_num_threads(esc.train.threads)
     holdout = holdout_fold(params, data)
     validation_fold, train_clips, validation, _ = fold_roles(data.clips, holdout)
-    tags = {"dataset_version": data.version, "track": "esc", "training_key": run_fingerprint(params, data.version),
+    key = run_fingerprint(params, data.version, ESC_TRAINING)
+    tags = {"dataset_version": data.version, "track": "esc", "training_key": key,
             "holdout_fold": str(holdout), "validation_fold": str(validation_fold)}
-    with training_run(params, run_file(params), tags=tags) as run:
+    with training_run(params, run_file(params), tags, FOREIGN_SETTINGS) as run:
         console.print(f"training on {len(train_clips)} clips; fold {validation_fold} validates, fold {holdout} "
                       "is held out for export and the gate", highlight=False)
         role = {holdout: "holdout", validation_fold: "validation"}
@@ -232,10 +238,26 @@ def holdout_set(params: Params, data: SoundData) -> SoundData:
     return data.subset([clip for clip in data.clips if clip.fold == fold])
 
 
-def gate_test_set(params: Params) -> SoundData:
-    """The holdout fold, which neither the challenger nor (same data, same fold) the champion trained on."""
-    return holdout_set(params, load_data(params))
+def gate_inputs(params: Params) -> GateInputs:
+    """The keyword gate's checks on the holdout fold, which neither the challenger nor (same data, same fold) the
+    champion trained on, with esc.gate's thresholds."""
+    test = holdout_set(params, load_data(params))
+    return GateInputs(test, params.esc.gate, test.domain_names)
 
 
-# The keyword gate serves this track as it is: the same checks, on the holdout fold, with esc.gate's thresholds.
-gate = gate_stage
+def summary_rows(metrics: dict, exported: dict) -> list[tuple[str, str]]:
+    """`earshot summary`'s rows: fold cross-validation, the deployed model on its holdout fold, then per domain and
+    per exported model as for keywords."""
+    holdout = metrics["holdout"]
+    return [("fold cross-validation", f"{metrics['mean_accuracy']:.2%} ± {metrics['std_accuracy']:.2%} over "
+                                      f"{len(metrics['folds'])} folds ({metrics['clips']} clips)"),
+            (f"deployed model, fold {holdout['fold']}", f"{holdout['accuracy']:.2%} on {holdout['clips']} clips"),
+            *classifier_rows(metrics, exported)]
+
+
+CLASSIFIER_GATE = ClassifierGate(gate_inputs)
+TRACK = Track(name="esc", title="environmental sound classification", synthesize=synthesize, featurize=featurize,
+              training_key=training_key, train=train, evaluate=evaluate, export=export,
+              score_champion=CLASSIFIER_GATE.score_champion, gate=CLASSIFIER_GATE.gate,
+              version_figures=classifier_figures,
+              summary_rows=summary_rows)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
+from components.challenge import Decision
 from components.config import ConfigError, Features, Params, Tracking
 from components.dataset import fit_length, read_audio
 from components.encoder import (
@@ -48,9 +49,9 @@ from components.keywords import (
     train_keyword_head,
 )
 from components.registry import CHAMPION, PREVIOUS, champion, promote, register_candidate, registry_client, reject
+from components.runs import PACKAGE_DIR, console
 from components.serving import package_model
 from components.tracking import flatten, use_store
-from pipelines.stages import PACKAGE_DIR, Decision, console
 
 ENCODER_FILE = "encoder.pt"
 Settings = TypeVar("Settings", EncoderSettings, KeywordSettings)

@@ -1,7 +1,7 @@
-"""The speech-to-text track's stages, behind the same names and outputs as the keyword stages in stages.py.
+"""The speech-to-text track: command-grammar speech to a streaming CTC transcriber gated on WER per domain.
 
-`params.track: asr` routes `earshot <stage>` (and so `dvc repro`) here; the registry, the gate report and the run
-bookkeeping are shared with the keyword track.
+Its stages have the keyword track's names and outputs; the registry, the gate report and the run bookkeeping are
+shared with it.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from components.asr_export import (
     transcribe,
 )
 from components.asr_model import Transcriber, load_transcriber, pad_batch
-from components.asr_train import train_transcriber
+from components.asr_train import ASR_TRAINING, train_transcriber
+from components.challenge import record_gate
 from components.config import AsrModel, Params
 from components.ctc import BeamDecoder
-from components.dataset import SPLITS, read_audio
+from components.dataset import SHARD_INDEX, SPLITS, read_audio
 from components.errors import EarshotError
 from components.evaluate import plot_domain_wer
 from components.export import INT8_FILE
@@ -39,15 +40,9 @@ from components.librispeech import index_librispeech
 from components.model import count_parameters, save_model
 from components.registry import champion, deployable_files, registry_client
 from components.review import MISTAKES, ReviewClip
-from components.serving import CARD_FILE
-from components.tracking import resume_run, training_run
-from components.train import run_fingerprint
-from components.wer import WerReport, score_transcripts
-from pipelines.stages import (
-    DOMAIN_CHART,
+from components.runs import (
     console,
     model_file,
-    plot_gate_domains,
     read_json,
     record_data_docs,
     record_mistakes,
@@ -56,10 +51,17 @@ from pipelines.stages import (
     run_file,
     write_json,
 )
+from components.serving import CARD_FILE
+from components.shards import refresh_shards
+from components.tracking import KWS_SETTINGS, resume_run, training_run
+from components.tracks import Track
+from components.train import run_fingerprint
+from components.wer import WerReport, score_transcripts
 
 UTTERANCE = "utterance"  # the one label of a speech-to-text data set, for its Data Docs
 
-SHARD_INDEX = "index.json"
+# The other tracks' settings do not shape this model; logged, they would only bury the ones that do.
+FOREIGN_SETTINGS = KWS_SETTINGS | {"esc"}
 
 
 def synthesize(params: Params) -> dict[str, Path]:
@@ -68,26 +70,16 @@ def synthesize(params: Params) -> dict[str, Path]:
 
 def featurize(params: Params) -> dict[str, str]:
     """One shard of log-mels and transcripts per domain; a domain whose files and settings are unchanged is kept."""
-    out, cfg = params.out.features, params.asr
+    cfg = params.asr
     settings = json.dumps([cfg.sample_rate, cfg.features.model_dump(), cfg.subsets.model_dump()])
-    index_file = out / SHARD_INDEX
-    built = json.loads(index_file.read_text()) if index_file.is_file() else {}
-    index = {}
-    for domain, folder in cfg.domains.items():
-        fingerprint = _folder_fingerprint(Path(folder), settings)
-        if built.get(domain, {}).get("fingerprint") != fingerprint or not (out / f"{domain}.pt").is_file():
-            console.print(f"featurizing {domain} from {folder}", highlight=False)
-            part = build_asr_data(params, domain, Path(folder))
-            part.save(out / f"{domain}.pt")
-            built[domain] = {"fingerprint": fingerprint, "splits": torch.bincount(part.splits, minlength=3).tolist()}
-        index[domain] = built[domain]
-    for stale in set(built) - set(index):
-        (out / f"{stale}.pt").unlink(missing_ok=True)
-    for i, split in enumerate(SPLITS):
-        if not any(entry["splits"][i] for entry in index.values()):
-            raise EarshotError(f"{', '.join(map(str, cfg.domains.values()))}: no {split} utterances")
-    write_text_atomically(index_file, json.dumps(index, indent=2) + "\n")
-    return {domain: entry["fingerprint"] for domain, entry in index.items()}
+
+    def build(domain: str) -> AsrData:
+        console.print(f"featurizing {domain} from {cfg.domains[domain]}", highlight=False)
+        return build_asr_data(params, domain, Path(cfg.domains[domain]))
+
+    fingerprints = {domain: _folder_fingerprint(Path(folder), settings) for domain, folder in cfg.domains.items()}
+    return refresh_shards(params.out.features, fingerprints, build, ", ".join(map(str, cfg.domains.values())),
+                          "utterances")
 
 
 def _folder_fingerprint(folder: Path, settings: str) -> str:
@@ -124,8 +116,8 @@ def decoder_for(card: dict, params: Params) -> BeamDecoder:
 
 
 def training_key(params: Params) -> str:
-    """The featurized data's version and every setting that shapes training (see stages.training_key)."""
-    return run_fingerprint(params, load_data(params).version)
+    """The featurized data's version and every setting that shapes training."""
+    return run_fingerprint(params, load_data(params).version, ASR_TRAINING)
 
 
 def train(params: Params) -> str:
@@ -133,9 +125,9 @@ def train(params: Params) -> str:
     data = load_data(params)
     out = params.out.model_dir
     checkpoint = out / "checkpoint.pt"
-    key = run_fingerprint(params, data.version)
+    key = run_fingerprint(params, data.version, ASR_TRAINING)
     tags = {"dataset_version": data.version, "track": "asr", "training_key": key}
-    with training_run(params, run_file(params), tags=tags, resume=checkpoint.is_file()) as run:
+    with training_run(params, run_file(params), tags, FOREIGN_SETTINGS, resume=checkpoint.is_file()) as run:
         record_data_docs(params, utterance_files(params), [UTTERANCE], set())
         result = train_transcriber(data, params, checkpoint=checkpoint, on_epoch=_report_epoch)
         card = {"features": params.asr.features.model_dump(), "model": params.asr.model.model_dump(),
@@ -239,20 +231,38 @@ def score_champion(params: Params) -> tuple[str, TranscriberCandidate] | None:
         float(tags.get("int8_rtf", "nan")), int(tags.get("int8_size_bytes", 0)))
 
 
-def gate(params: Params, new_domain: str | None = None) -> GateReport:
-    """The WER gate against the current champion; writes reports/asr/gate.{json,md} and logs them to the run."""
+def gate(params: Params, new_domain: str | None = None, champion_score: None = None) -> GateReport:
+    """The WER gate against the current champion, which it re-scores itself (this track has no `score_champion`, so
+    the loop passes no `champion_score`); writes reports/asr/gate.{json,md} and logs them to the run."""
     scored = score_champion(params)
     candidate = challenger(params)
     report = gate_transcriber(candidate, scored[1] if scored else None, params.asr.gate, new_domain)
-    reports = params.out.reports
-    write_text_atomically(reports / "gate.json", report.to_json())
-    write_text_atomically(reports / "gate.md", report.to_markdown())
-    plot_gate_domains(params, report, "INT8 WER", candidate.per_domain,
-                      (scored[0], scored[1].per_domain) if scored else None)
-    with resume_run(params, run_file(params)):
-        for name in ("gate.json", "gate.md", DOMAIN_CHART):
-            mlflow.log_artifact(str(reports / name), artifact_path="gate")
-        mlflow.log_metric("gate.passed", float(report.passed))
-        if scored is not None:
-            mlflow.set_tag("champion_version", scored[0])
+    record_gate(params, report, "INT8 WER", candidate.per_domain,
+                (scored[0], scored[1].per_domain) if scored else None, {})
     return report
+
+
+def version_figures(params: Params) -> tuple[dict[str, str], str]:
+    """The INT8 figures a transcriber's version is tagged with (WER gap to FP32, real-time factor, size), and a
+    summary line for its card."""
+    exported = read_json(params.out.reports / "export.json")
+    int8 = next(row for row in exported["variants"] if row["name"] == "onnx_int8")
+    return ({"int8_wer_gap_points": str(exported["int8_wer_gap_points"]), "int8_rtf": str(int8["rtf"]),
+             "int8_size_bytes": str(int8["size_bytes"])},
+            f"INT8 ONNX: {int8['size_bytes'] / 1024:.1f} KiB, real-time factor {int8['rtf']:.3f} (1 thread), "
+            f"WER {int8['wer']:.2%} ({exported['int8_wer_gap_points']:+.2f} points vs FP32).")
+
+
+def summary_rows(metrics: dict, exported: dict) -> list[tuple[str, str]]:
+    """`earshot summary`'s rows: test WER and CER overall and per domain, each exported model."""
+    rows = [("test WER", f"{metrics['wer']:.2%} (CER {metrics['cer']:.2%}) on {metrics['utterances']} utterances")]
+    rows += [(f"  {domain}", f"WER {figures['wer']:.2%} · CER {figures['cer']:.2%}")
+             for domain, figures in metrics["per_domain"].items()]
+    rows += [(row["name"], f"{row['size_bytes'] / 1024:.1f} KiB · real-time factor {row['rtf']:.3f} (1 thread) · "
+                           f"WER {row['wer']:.2%}") for row in exported["variants"]]
+    return rows
+
+
+TRACK = Track(name="asr", title="speech to text", synthesize=synthesize, featurize=featurize,
+              training_key=training_key, train=train, evaluate=evaluate, export=export, score_champion=None,
+              gate=gate, version_figures=version_figures, summary_rows=summary_rows)
