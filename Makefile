@@ -35,6 +35,7 @@ bench: install
 	$(PY) benchmarks/featurize_drop.py
 	$(PY) benchmarks/speed.py
 	$(PY) benchmarks/demo_story.py
+	$(PY) benchmarks/generalization.py
 
 # The speech-to-text track: `dvc repro` with track asr (params.yaml keeps `track: asr` afterwards; `dvc exp run
 # -S track=kws` goes back), then its streaming latency benchmark on the exported models.

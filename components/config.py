@@ -264,6 +264,8 @@ class Keywords(Strict):
 
 
 Track = Literal["kws", "asr", "esc"]
+# The tracks with a section of their own in params.yaml (the keyword track reads the top-level sections).
+TRACK_SECTIONS = ("asr", "esc")
 
 
 class AsrCorpus(Strict):
@@ -451,18 +453,16 @@ class Params(Strict):
 
     @model_validator(mode="after")
     def _track_is_configured(self) -> Params:
-        if self.track == "asr":
-            if self.asr is None:
-                raise ValueError("track asr needs an `asr` section")
+        if self.track in TRACK_SECTIONS and getattr(self, self.track) is None:
+            raise ValueError(f"track {self.track} needs an `{self.track}` section")
+        if self.asr is not None:
             unknown = set(self.asr.corpus.domains) - set(self.synthesis.domains) - set(self.synthesis.drop_domains)
             if unknown:
                 raise ValueError(f"asr.corpus.domains: no synthesis recipe for {', '.join(sorted(unknown))}")
-        if self.track == "esc" and self.esc is None:
-            raise ValueError("track esc needs an `esc` section")
         if self.features.kind == "speech_embedding" and self.dataset.sample_rate != 16000:
             raise ValueError(f"features.kind speech_embedding reads 16 kHz audio, dataset.sample_rate is "
                              f"{self.dataset.sample_rate}")
-        for section in ("asr", "esc"):
+        for section in TRACK_SECTIONS:
             config = getattr(self, section)
             if config is not None and config.features.kind != "log_mel":
                 raise ValueError(f"{section}.features.kind: only the keyword track has other front ends than log_mel")

@@ -16,12 +16,10 @@ import torch
 from components.acoustics import resample
 from components.config import Stream
 from components.dataset import SILENCE, UNKNOWN
-from components.serving import PackagedModel
+from components.serving import PackagedModel, SpeechTranscriber
 from components.streaming import Context, StreamingTranscriber
 
 DEFAULT_THRESHOLD = 0.8
-# Sound events have no fixed length; two seconds hold most UrbanSound8K events whole (slices are at most four).
-SOUND_WINDOW_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -30,7 +28,7 @@ class Listening:
 
     hop_s: float = 0.1
     threshold: float | None = None  # None: the operating point a keyword model's gate measured, else 0.8
-    window_s: float | None = None  # None: the keyword model's clip length, SOUND_WINDOW_S for sound events
+    window_s: float | None = None  # None: the model's own (a keyword clip's length, 2 s for sound events)
     partials: bool = False  # speech: also the running (greedy) transcript of an utterance still being spoken
 
 
@@ -58,7 +56,7 @@ class WindowDetector:
         self.threshold = cfg.threshold if cfg.threshold is not None else model.card.get("threshold", DEFAULT_THRESHOLD)
         self.recent: deque[torch.Tensor] = deque(maxlen=model.card.get("smooth_windows", 1))
         rate = model.sample_rate
-        seconds = cfg.window_s or (model.card["clip_samples"] / rate if model.track == "kws" else SOUND_WINDOW_S)
+        seconds = cfg.window_s or model.served.window_s
         self.window, self.hop = round(seconds * rate), max(round(cfg.hop_s * rate), 1)
         self.audio = np.zeros(0, np.float32)
         self.start = 0  # stream position of audio[0], always the next window's start
@@ -96,8 +94,9 @@ class TranscriptListener:
 
     def __init__(self, model: PackagedModel, cfg: Listening) -> None:
         self.partials = cfg.partials
-        self.transcriber = StreamingTranscriber(model.acoustic, Context.of(model.shape), model.front_end,
-                                                model.decoder.decode, Stream(**model.card["stream"]),
+        served = model.served
+        self.transcriber = StreamingTranscriber(served.acoustic, Context.of(served.shape), served.front_end,
+                                                served.decoder.decode, Stream(**model.card["stream"]),
                                                 model.sample_rate)
 
     def push(self, samples: np.ndarray) -> list[StreamEvent]:
@@ -112,7 +111,7 @@ class TranscriptListener:
 
 def listener(model: PackagedModel, cfg: Listening) -> WindowDetector | TranscriptListener:
     """What listens to a stream for this model's track."""
-    return TranscriptListener(model, cfg) if model.track == "asr" else WindowDetector(model, cfg)
+    return TranscriptListener(model, cfg) if isinstance(model.served, SpeechTranscriber) else WindowDetector(model, cfg)
 
 
 def chunks(wave: np.ndarray, size: int) -> Iterator[np.ndarray]:

@@ -58,9 +58,87 @@ class Prediction:
     confidence: float = math.nan
     transcript: str = ""
 
-    def row(self, track: str) -> dict[str, object]:
-        return {"transcript": self.transcript} if track == "asr" else {"label": self.label,
-                                                                        "confidence": self.confidence}
+    def row(self, schema: Schema) -> dict[str, object]:
+        return {name: getattr(self, name) for name in schema.input_names()}
+
+
+class ClipClassifier:
+    """A classifier's INT8 session: a clip's log-mel in, the softmax over the card's labels out."""
+
+    schema = LABELS
+
+    def __init__(self, folder: Path, card: dict[str, Any], features: Features) -> None:
+        self.card, self.features = card, features
+        self.front_end = front_end(features, card["sample_rate"])
+        self.session = single_thread_session(folder / INT8_FILE)
+
+    def scores(self, mels: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(torch.from_numpy(self.session.run([OUTPUT], {INPUT: mels.numpy()})[0][0]), dim=0)
+
+    def prediction(self, scores: torch.Tensor) -> Prediction:
+        best = int(scores.argmax())
+        return Prediction(label=self.card["label_names"][best], confidence=float(scores[best]))
+
+
+class KeywordClips(ClipClassifier):
+    """Fixed-length keyword clips: a stream is listened to in windows of the training clip's length."""
+
+    @property
+    def window_s(self) -> float:
+        return self.card["clip_samples"] / self.card["sample_rate"]
+
+    @torch.no_grad()
+    def log_mel(self, wave: np.ndarray) -> torch.Tensor:
+        # Featurize stores clips as int16 of the clip length: the same rounding, the same padding.
+        clip = to_int16(fit_length(wave, self.card["clip_samples"])).astype(np.float32) / FULL_SCALE
+        return self.front_end(torch.from_numpy(clip)[None])
+
+
+class SoundClips(ClipClassifier):
+    """Sound events of any length, padded to the model's shortest input."""
+
+    # Sound events have no fixed length; two seconds hold most UrbanSound8K events whole (slices are at most four).
+    window_s = 2.0
+
+    @torch.no_grad()
+    def log_mel(self, wave: np.ndarray) -> torch.Tensor:
+        spec = self.front_end.mel.spectrogram
+        samples = max(wave.size, spec.n_fft + (self.card["min_frames"] - 1) * spec.hop_length)
+        padded = np.pad(wave, (0, samples - wave.size)).astype(np.float32)
+        mel = self.front_end(torch.from_numpy(padded)[None])
+        return mel[:, :, : frame_count(self.features, self.card["sample_rate"], samples)]
+
+
+class SpeechTranscriber:
+    """The INT8 acoustic model and the beam decoder: an utterance's log-mel in, its words out."""
+
+    schema = TRANSCRIPTS
+
+    def __init__(self, folder: Path, card: dict[str, Any], features: Features) -> None:
+        self.front_end = front_end(features, card["sample_rate"])
+        self.acoustic = onnx_log_probs(folder / INT8_FILE)
+        # Only the context sizes are used: the weights are in the ONNX file.
+        self.shape = Transcriber(features.n_mels, AsrModel(**card["model"]))
+        self.decoder = BeamDecoder(card["vocabulary"], Decode(**card["decode"]))
+
+    @torch.no_grad()
+    def log_mel(self, wave: np.ndarray) -> torch.Tensor:
+        spec = self.front_end.mel.spectrogram
+        if wave.size < spec.n_fft:
+            raise AudioError(f"{wave.size} samples: too short for one log-mel frame ({spec.n_fft} samples)")
+        # As build_asr_data: one unbatched clip, stored in half precision (the rounding must match to the bit).
+        return self.front_end(torch.from_numpy(wave.astype(np.float32))).half().float()[None]
+
+    def scores(self, mels: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (out_frames, vocab) of one utterance."""
+        return self.acoustic(pad_batch(self.shape, [mels[0]]))[: output_frames(self.shape, mels.shape[-1])]
+
+    def prediction(self, scores: torch.Tensor) -> Prediction:
+        return Prediction(transcript=self.decoder.decode(scores))
+
+
+# What serves each track's package: the one place the packaged model looks at its card's track.
+SERVED = {"kws": KeywordClips, "esc": SoundClips, "asr": SpeechTranscriber}
 
 
 class PackagedModel:
@@ -70,47 +148,19 @@ class PackagedModel:
         self.card: dict[str, Any] = json.loads((folder / CARD_FILE).read_text())
         self.track: str = self.card["track"]
         self.sample_rate: int = self.card["sample_rate"]
-        self.features = Features(**self.card["features"])
-        self.front_end = front_end(self.features, self.sample_rate)
-        if self.track == "asr":
-            self.acoustic = onnx_log_probs(folder / INT8_FILE)
-            # Only the context sizes are used: the weights are in the ONNX file.
-            self.shape = Transcriber(self.features.n_mels, AsrModel(**self.card["model"]))
-            self.decoder = BeamDecoder(self.card["vocabulary"], Decode(**self.card["decode"]))
-        else:
-            self.session = single_thread_session(folder / INT8_FILE)
+        self.served = SERVED[self.track](folder, self.card, Features(**self.card["features"]))
 
-    @torch.no_grad()
     def log_mel(self, wave: np.ndarray) -> torch.Tensor:
         """A clip's model input (1, n_mels, frames), made the way the track's featurize stage made training data."""
-        if self.track == "kws":
-            # Featurize stores clips as int16 of the clip length: the same rounding, the same padding.
-            clip = to_int16(fit_length(wave, self.card["clip_samples"])).astype(np.float32) / FULL_SCALE
-            return self.front_end(torch.from_numpy(clip)[None])
-        spec = self.front_end.mel.spectrogram
-        if self.track == "esc":
-            samples = max(wave.size, spec.n_fft + (self.card["min_frames"] - 1) * spec.hop_length)
-            padded = np.pad(wave, (0, samples - wave.size)).astype(np.float32)
-            mel = self.front_end(torch.from_numpy(padded)[None])
-            return mel[:, :, : frame_count(self.features, self.sample_rate, samples)]
-        if wave.size < spec.n_fft:
-            raise AudioError(f"{wave.size} samples: too short for one log-mel frame ({spec.n_fft} samples)")
-        # As build_asr_data: one unbatched clip, stored in half precision (the rounding must match to the bit).
-        return self.front_end(torch.from_numpy(wave.astype(np.float32))).half().float()[None]
+        return self.served.log_mel(wave)
 
     def scores(self, mels: torch.Tensor) -> torch.Tensor:
         """Class probabilities (classes,) of one clip's log-mel, or log-probabilities (out_frames, vocab) of speech."""
-        if self.track == "asr":
-            return self.acoustic(pad_batch(self.shape, [mels[0]]))[: output_frames(self.shape, mels.shape[-1])]
-        return torch.softmax(torch.from_numpy(self.session.run([OUTPUT], {INPUT: mels.numpy()})[0][0]), dim=0)
+        return self.served.scores(mels)
 
     def predict(self, wave: np.ndarray) -> Prediction:
         """One clip (mono float32 at the model's rate) through front end, INT8 model and, for speech, the decoder."""
-        scores = self.scores(self.log_mel(wave))
-        if self.track == "asr":
-            return Prediction(transcript=self.decoder.decode(scores))
-        best = int(scores.argmax())
-        return Prediction(label=self.card["label_names"][best], confidence=float(scores[best]))
+        return self.served.prediction(self.scores(self.log_mel(wave)))
 
 
 def clip_waveform(row: dict[str, Any], where: str, sample_rate: int) -> np.ndarray:
@@ -167,8 +217,8 @@ class AudioModel(mlflow.pyfunc.PythonModel):
                            for i, row in enumerate(rows)]
         except EarshotError as err:
             raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
-        columns = (TRANSCRIPTS if self.model.track == "asr" else LABELS).input_names()
-        return pd.DataFrame([p.row(self.model.track) for p in predictions], columns=columns)
+        schema = self.model.served.schema
+        return pd.DataFrame([p.row(schema) for p in predictions], columns=schema.input_names())
 
 
 def _where(row: dict[str, Any], index: int) -> str:
@@ -188,7 +238,7 @@ def package_model(model_dir: Path, card: dict[str, Any], out: Path) -> Path:
             python_model=str(MODEL_CODE),
             artifacts={"front_end": str(card_file), "int8": str(model_dir / INT8_FILE),
                        "fp32": str(model_dir / FP32_FILE)},
-            signature=ModelSignature(INPUTS, TRANSCRIPTS if card["track"] == "asr" else LABELS),
+            signature=ModelSignature(INPUTS, SERVED[card["track"]].schema),
             # Saving runs the model on this example: a package that cannot predict is never written.
             input_example=pd.DataFrame({"samples": [np.zeros(round(rate * EXAMPLE_SECONDS)).tolist()],
                                         "sample_rate": [rate]}),

@@ -287,7 +287,8 @@ def predict(
     from components.dataset import read_audio
 
     packaged = _packaged(model, params)
-    rows = [{"file": str(file)} | packaged.predict(read_audio(file, packaged.sample_rate)[0]).row(packaged.track)
+    schema = packaged.served.schema
+    rows = [{"file": str(file)} | packaged.predict(read_audio(file, packaged.sample_rate)[0]).row(schema)
             for file in files]
     if as_json:
         for row in rows:
