@@ -64,6 +64,13 @@ def test_asr_second_repro_runs_nothing(asr_repo):
     assert "Running stage" not in run(["dvc", "repro"], asr_repo).stdout
 
 
+def test_earshot_summary_reports_the_asr_track_wer_per_domain(asr_repo):
+    metrics = json.loads((asr_repo / "reports/asr/metrics.json").read_text())
+    shown = run(["earshot", "summary"], asr_repo).stdout
+    assert "speech to text" in shown and f"{metrics['wer']:.2%}" in shown
+    assert all(domain in shown for domain in metrics["per_domain"])
+
+
 def test_earshot_predict_transcribes_the_test_split_as_the_pipeline_does(asr_repo, monkeypatch):
     """From the raw files, the packaged model computes the very log-probabilities the INT8 model gives the stored
     features, and `earshot predict` prints the pipeline's transcripts; `earshot stream` prints final, timestamped
