@@ -184,11 +184,27 @@ class Ingest(Strict):
     quarantine: Path = Path("data/quarantine")
     min_seconds: Annotated[float, Field(gt=0.0)] = 0.3
     max_seconds: Annotated[float, Field(gt=0.0)] = 2.0
+    # Below it the upper band is gone already; resampling up cannot bring it back.
+    min_sample_rate: PositiveInt = 8000
     min_rms_dbfs: float = -55.0
     max_clipping_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
     # Drop level: a drop whose label mix is this far from uniform over the task's labels is rejected whole.
     max_label_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
     min_files: PositiveInt = 1
+
+
+class AsrIngest(Ingest):
+    """Drops of transcribed speech: the audio checks of every drop, plus checks of each transcript against the audio
+    and the track's lexicon."""
+
+    root: Path = Path("data/asr/domains")
+    quarantine: Path = Path("data/asr/quarantine")
+    max_seconds: Annotated[float, Field(gt=0.0)] = 20.0
+    # Share of an utterance's words outside the lexicon the model can spell; above it the transcript is suspect.
+    max_oov_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    # Characters (letters, apostrophes, spaces) per second of audio; read speech is ~12-18, a wrong pairing is not.
+    min_chars_per_second: Annotated[float, Field(ge=0.0)] = 4.0
+    max_chars_per_second: Annotated[float, Field(gt=0.0)] = 30.0
 
 
 class Gate(Strict):
@@ -350,6 +366,7 @@ class Asr(Strict):
     stream: Stream = Stream()
     export: Export = Export(calibration_clips=64, latency_runs=20)
     gate: AsrGate = AsrGate()
+    ingest: AsrIngest = AsrIngest()
 
 
 class SoundDomain(Strict):
@@ -409,6 +426,9 @@ class Esc(Strict):
     holdout_fold: PositiveInt | None = None
     export: Export = Export(calibration_clips=64, latency_runs=50)
     gate: Gate = Gate(min_new_domain_accuracy=0.85, max_int8_latency_ms=10.0, max_int8_size_kib=1024.0)
+    # UrbanSound8K slices are at most 4 s (ESC-50 clips 5 s): set max_seconds to the protocol of `layout`.
+    ingest: Ingest = Ingest(root=Path("data/esc/domains"), quarantine=Path("data/esc/quarantine"), min_seconds=0.25,
+                            max_seconds=4.0)
 
 
 class Params(Strict):
@@ -480,6 +500,13 @@ class Params(Strict):
                            for key in ("snr_db", "rt60_s", "band_hz")}
         ranges["augment.snr_db"] = self.augment.snr_db
         ranges["ingest.min_seconds..max_seconds"] = (self.ingest.min_seconds, self.ingest.max_seconds)
+        for section in TRACK_SECTIONS:
+            if (config := getattr(self, section)) is not None:
+                ranges[f"{section}.ingest.min_seconds..max_seconds"] = (config.ingest.min_seconds,
+                                                                        config.ingest.max_seconds)
+        if self.asr is not None:
+            ranges["asr.ingest.min_chars_per_second..max_chars_per_second"] = (self.asr.ingest.min_chars_per_second,
+                                                                               self.asr.ingest.max_chars_per_second)
         for key, span in ranges.items():
             if span is not None and span[0] > span[1]:
                 raise ValueError(f"{key}: low end {span[0]} is above high end {span[1]}")

@@ -236,6 +236,7 @@ def _file_expectations(cfg: Ingest, vocabulary: set[str]) -> list:
         gxe.ExpectColumnValuesToBeInSet(column="path_ok", value_set=[True]),
         gxe.ExpectColumnValuesToBeInSet(column="readable", value_set=[True], row_condition=probed),
         gxe.ExpectColumnValuesToBeInSet(column="finite", value_set=[True], row_condition=decoded),
+        gxe.ExpectColumnValuesToBeBetween(column="sample_rate", min_value=cfg.min_sample_rate, row_condition=decoded),
         gxe.ExpectColumnValuesToBeBetween(column="duration_s", min_value=cfg.min_seconds, max_value=cfg.max_seconds,
                                           row_condition=clean),
         gxe.ExpectColumnValuesToBeBetween(column="rms_dbfs", min_value=cfg.min_rms_dbfs, row_condition=clean),
