@@ -23,7 +23,7 @@ from components.config import Params
 from components.corpus import synthesize_corpus
 from components.dataset import index_speech_commands
 from components.drops import write_drop
-from components.ingest import ingest_drop
+from components.ingest import ingest_drop, keyword_drops
 from components.tracks import kws
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ def main() -> None:
     scratch = median_seconds(lambda: kws.featurize(params), lambda: restore(None), args.repeats)
     for folder in kept:
         shutil.copytree(folder, snapshot / folder.name)
-    ingest_drop(params, drop, "kitchen_caribbean", work / "docs", progress=False)
+    ingest_drop(keyword_drops(params), drop, "kitchen_caribbean", work / "docs", progress=False)
     after_drop = median_seconds(lambda: kws.featurize(params), lambda: restore(snapshot), args.repeats)
     drop_files = len(list((work / "data/domains/kitchen_caribbean").glob("*/*.wav")))
 

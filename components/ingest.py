@@ -11,15 +11,17 @@ import hashlib
 import io
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from components.config import Params
+from components.config import Ingest, Params
 from components.dataset import (
     BACKGROUND_DIR,
     SPLIT_FILES,
@@ -140,9 +142,10 @@ def held_clips(params: Params) -> tuple[set[str], dict[str, str]]:
 
 
 def data_version(trees: dict[str, Path]) -> str:
-    """Content hash of the manifest of every accepted file in the domain trees: the ingested data's version id."""
+    """Content hash of every file in the domain trees (audio, lists, metadata) but their ledgers: the data's version."""
     lines = sorted(f"{domain}/{path.relative_to(tree)} {hashlib.sha256(path.read_bytes()).hexdigest()}"
-                   for domain, tree in trees.items() for path in tree.rglob("*.wav"))
+                   for domain, tree in trees.items() for path in tree.rglob("*")
+                   if path.is_file() and path.name != LEDGER)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
@@ -161,16 +164,16 @@ def recover_interrupted(root: Path) -> None:
         write_ledger(root)
 
 
-def _stored_speaker(speaker: str) -> str:
-    # Speaker ids name files; anything but plain letters and digits could climb out of the folder.
+def stored_id(speaker: str) -> str:
+    """A speaker or source id fit to name a file: anything but letters and digits could climb out of the folder."""
     return speaker if speaker.isalnum() and len(speaker) <= 64 else hashlib.sha1(speaker.encode()).hexdigest()[:8]
 
 
-def publish_domain(root: Path, domain: str, accepted: list[dict], sample_rate: int, row: dict[str, object]) -> str:
-    """Add accepted files (normalised to `sample_rate` mono PCM_16) to the domain's tree; return the data version.
+def publish_tree(root: Path, domain: str, write: Callable[[Path], None], row: dict[str, object]) -> str:
+    """Let `write` add files to a staged copy of the domain's tree, then swap it in; return the new data version.
 
-    Built in a staging copy (hard links to the old files) with the domain's ledger row, swapped in by one rename:
-    a crash leaves the old tree and the old ledger, or the new tree and the new ledger, never half of either.
+    The staging copy is made of hard links to the old files (so `write` must replace a file, never edit it) and gets
+    the domain's ledger row; one rename swaps it in, so a crash leaves the old tree and ledger or the new ones.
     """
     final, staging = root / domain, root / f".{domain}.staging"
     retired = root / f".{domain}.retired"
@@ -178,24 +181,8 @@ def publish_domain(root: Path, domain: str, accepted: list[dict], sample_rate: i
     if final.exists():
         shutil.copytree(final, staging, copy_function=os.link)
     else:
-        (staging / BACKGROUND_DIR).mkdir(parents=True)
-    lists = {split: (staging / name).read_text().split() if (staging / name).is_file() else []
-             for split, name in SPLIT_FILES.items()}
-    for entry in accepted:
-        wave, _ = read_audio(entry["path"], sample_rate)
-        speaker = _stored_speaker(entry["speaker"])
-        folder = staging / entry["label"]
-        folder.mkdir(exist_ok=True)
-        take = sum(1 for _ in folder.glob(f"{speaker}_nohash_*.wav"))
-        name = f"{entry['label']}/{speaker}_nohash_{take}.wav"
-        buffer = io.BytesIO()
-        sf.write(buffer, to_int16(np.clip(wave, -1.0, 1.0)), sample_rate, subtype="PCM_16", format="WAV")
-        (staging / name).write_bytes(buffer.getvalue())
-        if entry["split"] in lists:
-            lists[entry["split"]].append(name)
-    for split, name in SPLIT_FILES.items():
-        # A new file, not an edit: the staging list may be a hard link to the live one.
-        write_text_atomically(staging / name, "".join(f"{line}\n" for line in lists[split]))
+        staging.mkdir(parents=True)
+    write(staging)
     version = data_version(ingested_domains(root) | {domain: staging})
     rows = [*read_ledger(staging / LEDGER), row | {"data_version": version}]
     write_csv(staging / LEDGER, rows, LEDGER_FIELDS)
@@ -205,6 +192,33 @@ def publish_domain(root: Path, domain: str, accepted: list[dict], sample_rate: i
     shutil.rmtree(retired, ignore_errors=True)
     write_ledger(root)
     return version
+
+
+def normalised_wav(path: Path, sample_rate: int) -> bytes:
+    """A file's audio as `sample_rate` mono PCM_16 WAV bytes: the one form a published tree holds."""
+    wave, _ = read_audio(path, sample_rate)
+    buffer = io.BytesIO()
+    sf.write(buffer, to_int16(np.clip(wave, -1.0, 1.0)), sample_rate, subtype="PCM_16", format="WAV")
+    return buffer.getvalue()
+
+
+def write_speech_commands(staging: Path, accepted: list[dict], sample_rate: int) -> None:
+    """Add accepted keyword clips to a Speech Commands tree: <word>/<speaker>_nohash_<n>.wav and the split lists."""
+    (staging / BACKGROUND_DIR).mkdir(exist_ok=True)
+    lists = {split: (staging / name).read_text().split() if (staging / name).is_file() else []
+             for split, name in SPLIT_FILES.items()}
+    for entry in accepted:
+        speaker = stored_id(entry["speaker"])
+        folder = staging / entry["label"]
+        folder.mkdir(exist_ok=True)
+        take = sum(1 for _ in folder.glob(f"{speaker}_nohash_*.wav"))
+        name = f"{entry['label']}/{speaker}_nohash_{take}.wav"
+        (staging / name).write_bytes(normalised_wav(entry["path"], sample_rate))
+        if entry["split"] in lists:
+            lists[entry["split"]].append(name)
+    for split, name in SPLIT_FILES.items():
+        # A new file, not an edit: the staging list may be a hard link to the live one.
+        write_text_atomically(staging / name, "".join(f"{line}\n" for line in lists[split]))
 
 
 def write_quarantine(folder: Path, report: ValidationReport, entries: list[dict]) -> Path:
@@ -225,23 +239,50 @@ def write_quarantine(folder: Path, report: ValidationReport, entries: list[dict]
     return folder
 
 
-def ingest_drop(params: Params, drop: Path, domain: str, docs_root: Path, progress: bool = True) -> IngestReport:
+@dataclass(frozen=True)
+class DropKind:
+    """How one track reads, checks and publishes a drop; ingest_drop runs the same steps around them for every track.
+
+    An entry is a dict with file (relative to the drop), label, speaker (for sound events: the source recording),
+    split (or fold), path and path_error (a path that leads out of the drop is None, with its reason).
+    """
+
+    cfg: Ingest
+    read: Callable[[Path], list[dict]]  # the drop's entries; DropError if it is unusable as a whole
+    held: Callable[[], tuple[set[str], dict[str, str]]]  # content hashes and speaker -> split of every held clip
+    validate: Callable[[pd.DataFrame, Path], ValidationReport]  # (facts, Data Docs folder) -> the decision
+    write: Callable[[Path, list[dict]], None]  # accepted entries into a staged domain tree (see publish_tree)
+
+
+def keyword_drops(params: Params) -> DropKind:
+    """Keyword drops: a Speech Commands tree or a manifest, checked against the words the spotter knows."""
+    syn = params.synthesis
+    vocabulary = set(params.dataset.words) | set(syn.unknown_words)
+    return DropKind(
+        cfg=params.ingest,
+        read=partial(read_drop, validation_percentage=syn.validation_percentage,
+                     testing_percentage=syn.testing_percentage),
+        held=partial(held_clips, params),
+        validate=lambda facts, docs: validate_drop(facts, params.ingest, vocabulary, sorted(vocabulary), docs),
+        write=partial(write_speech_commands, sample_rate=params.dataset.sample_rate))
+
+
+def ingest_drop(kind: DropKind, drop: Path, domain: str, docs_root: Path, progress: bool = True) -> IngestReport:
     """Validate a drop, quarantine its bad files, publish the good ones into `domain`, record the new version."""
-    cfg, syn = params.ingest, params.synthesis
+    cfg = kind.cfg
     root = Path(cfg.root)
     recover_interrupted(root)
     if not domain.replace("_", "").replace("-", "").isalnum() or domain.startswith(("_", ".")):
         raise DropError(f"{domain!r}: a domain name is letters, digits, '_' and '-'")
-    entries = read_drop(Path(drop), syn.validation_percentage, syn.testing_percentage)
-    held_hashes, held_speakers = held_clips(params)
+    entries = kind.read(Path(drop))
+    held_hashes, held_speakers = kind.held()
     facts = facts_frame(entries, held_hashes, held_speakers, progress=progress)
     drop_id = drop_fingerprint(facts)
     for row in ledger_rows(root):
         if row["drop_id"] == drop_id:
             return IngestReport(drop_id, row["domain"], int(row["accepted"]), int(row["rejected"]),
                                 row["data_version"], True, None, None, None)
-    vocabulary = set(params.dataset.words) | set(syn.unknown_words)
-    report = validate_drop(facts, cfg, vocabulary, sorted(vocabulary), docs_root / drop_id)
+    report = kind.validate(facts, docs_root / drop_id)
     quarantine = None
     if report.rejections or not report.success:
         quarantine = write_quarantine(Path(cfg.quarantine) / f"{Path(drop).name}-{drop_id[:8]}", report, entries)
@@ -253,6 +294,6 @@ def ingest_drop(params: Params, drop: Path, domain: str, docs_root: Path, progre
     accepted = [entry for entry in entries if entry["file"] in kept]
     row = {"drop_id": drop_id, "domain": domain, "source": str(drop), "accepted": len(accepted),
            "rejected": len(report.rejections), "ingested_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    version = publish_domain(root, domain, accepted, params.dataset.sample_rate, row)
+    version = publish_tree(root, domain, partial(kind.write, accepted=accepted), row)
     return IngestReport(drop_id, domain, len(accepted), len(report.rejections), version, False, quarantine,
                         report.docs_dir, report)

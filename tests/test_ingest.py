@@ -20,7 +20,7 @@ import yaml
 from components.config import Params
 from components.corpus import render_domain
 from components.drops import Layout, write_drop
-from components.ingest import LEDGER, MANIFEST, ingest_drop, ledger_rows, recover_interrupted
+from components.ingest import LEDGER, MANIFEST, ingest_drop, keyword_drops, ledger_rows, recover_interrupted
 from tests.conftest import tiny_settings
 
 BIN = Path(sys.executable).parent
@@ -93,9 +93,9 @@ def test_faulty_drop_quarantines_each_bad_file_with_its_reason_and_accepts_the_r
 def test_the_same_drop_twice_changes_nothing_and_says_so(workspace, tmp_path):
     root, params = workspace
     drop = write_drop(params, "kitchen_caribbean", tmp_path / "again", speakers=4, drop_seed=7, progress=False)
-    first = ingest_drop(params, drop, "kitchen", tmp_path / "docs", progress=False)
+    first = ingest_drop(keyword_drops(params), drop, "kitchen", tmp_path / "docs", progress=False)
     before = tree_digest(Path(params.ingest.root))
-    second = ingest_drop(params, drop, "kitchen", tmp_path / "docs", progress=False)
+    second = ingest_drop(keyword_drops(params), drop, "kitchen", tmp_path / "docs", progress=False)
     assert second.already_ingested and second.data_version == first.data_version
     assert tree_digest(Path(params.ingest.root)) == before
     done = earshot(["ingest", str(drop), "--domain", "kitchen", "--params", str(root / "params.yaml")], root)
@@ -139,8 +139,8 @@ def test_drop_with_one_dominant_label_is_rejected_whole(workspace, tmp_path):
 def test_ingestion_killed_midway_leaves_the_old_version(workspace, tmp_path):
     """SIGKILL while the staged tree is being written: the dataset stays at its old version, and recovers."""
     root, params = workspace
-    ingest_drop(params, write_drop(params, "kitchen_caribbean", tmp_path / "old", speakers=3, drop_seed=7,
-                                   progress=False), "kitchen", tmp_path / "docs", progress=False)
+    old = write_drop(params, "kitchen_caribbean", tmp_path / "old", speakers=3, drop_seed=7, progress=False)
+    ingest_drop(keyword_drops(params), old, "kitchen", tmp_path / "docs", progress=False)
     drop = write_drop(params, "kitchen_caribbean", tmp_path / "big", speakers=12, drop_seed=23, progress=False)
     ingest_root = Path(params.ingest.root)
     before, versions = tree_digest(ingest_root), [r["data_version"] for r in ledger_rows(ingest_root)]
@@ -159,7 +159,7 @@ def test_ingestion_killed_midway_leaves_the_old_version(workspace, tmp_path):
     assert {k: v for k, v in tree_digest(ingest_root).items() if not k.startswith(".")} == before
     recover_interrupted(ingest_root)
     assert tree_digest(ingest_root) == before
-    report = ingest_drop(params, drop, "kitchen", tmp_path / "docs", progress=False)
+    report = ingest_drop(keyword_drops(params), drop, "kitchen", tmp_path / "docs", progress=False)
     assert not report.already_ingested and report.accepted > 0
     assert (ingest_root / LEDGER).read_text().count("\n") == len(versions) + 2  # header + one new row
 
@@ -202,7 +202,7 @@ def test_a_symlink_out_of_the_drop_is_quarantined_unread_on_every_layout(workspa
         targets = {name: (outside / name).resolve() for name in left.values()}
     originals, outside_files = tree_digest(drop), tree_digest(outside)
 
-    report = ingest_drop(params, drop, "kitchen", tmp_path / "docs", progress=False)
+    report = ingest_drop(keyword_drops(params), drop, "kitchen", tmp_path / "docs", progress=False)
     refused = {r.file: r for r in report.validation.rejections}
     assert set(refused) == set(targets) and report.accepted == clips - len(targets) > 0
     for file, target in targets.items():

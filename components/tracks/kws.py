@@ -29,7 +29,7 @@ from components.evaluate import Evaluation, classifier_rows, evaluate_prediction
 from components.export import ExportReport, export_models, front_end_latency_ms
 from components.features import front_end
 from components.files import write_csv, write_text_atomically
-from components.ingest import LEDGER, DropError, IngestReport, ingest_drop, ingested_domains, ledger_rows
+from components.ingest import LEDGER, DropError, IngestReport, ingest_drop, ingested_domains, keyword_drops, ledger_rows
 from components.model import KeywordSpotter, count_parameters, load_model, save_model
 from components.registry import champion, registry_client
 from components.review import ReviewClip, pick_mistakes
@@ -249,7 +249,7 @@ def gate_inputs(params: Params) -> GateInputs:
 
 def ingest(params: Params, drop: Path, domain: str) -> IngestReport:
     """Validate and ingest a drop into `domain`, version it in DVC and git, log the validation to MLflow."""
-    report = ingest_drop(params, drop, domain, params.out.reports / "validation")
+    report = ingest_drop(keyword_drops(params), drop, domain, params.out.reports / "validation")
     if report.already_ingested:
         return report
     if not report.drop_rejected:
