@@ -21,10 +21,12 @@ from components.config import Params
 from components.errors import EarshotError
 from components.export import ExportReport, ParityError
 from components.files import write_csv, write_text_atomically
+from components.ingest import LEDGER, DropError, DropKind, IngestReport, ingest_drop
 from components.review import ReviewClip, write_review_clips
 from components.serving import package_model
-from components.tracking import resume_run
+from components.tracking import resume_run, use_store
 from components.validate import document_training_data, training_facts
+from components.versioning import commit_data_version
 
 console = Console()
 
@@ -111,3 +113,27 @@ def record_package(params: Params, extra: dict[str, object] | None = None) -> No
     card = torch.load(model_file(params), weights_only=True)["card"] | {"track": params.track} | (extra or {})
     package = package_model(params.out.model_dir, card, params.out.model_dir / PACKAGE_DIR)
     mlflow.log_artifacts(str(package), artifact_path="export")
+
+
+def versioned_ingest(params: Params, kind: DropKind, drop: Path, domain: str) -> IngestReport:
+    """Validate and ingest a drop into `domain`, commit the new data version to DVC and git, log the validation
+    (Data Docs, quarantine reasons) to an MLflow run; DropError if the drop was refused as a whole."""
+    report = ingest_drop(kind, drop, domain, params.out.reports / "validation")
+    if report.already_ingested:
+        return report
+    root = Path(kind.cfg.root)
+    if not report.drop_rejected:
+        commit_data_version(root / domain, root / LEDGER,
+                            f"data: ingest {Path(drop).name} into {domain} (data version {report.data_version})")
+    use_store(params.mlflow)
+    with mlflow.start_run(run_name=f"ingest {Path(drop).name}", tags={
+            "stage": "ingest", "track": params.track, "drop_id": report.drop_id, "domain": domain,
+            "data_version": report.data_version}):
+        mlflow.log_metrics({"accepted": report.accepted, "rejected": report.rejected})
+        if report.docs_dir:
+            mlflow.log_artifacts(str(report.docs_dir), artifact_path="data_docs")
+        if report.quarantine:
+            mlflow.log_artifact(str(report.quarantine / "reasons.csv"), artifact_path="quarantine")
+    if report.drop_rejected:
+        raise DropError(report.drop_rejected)
+    return report

@@ -35,7 +35,7 @@ def ingest(params: Params, drop: Path, domain: str) -> IngestReport:
     """Validate and ingest a drop of new recordings into `domain`, as the track ingests drops."""
     track = track_of(params)
     if track.ingest is None:
-        raise EarshotError(f"{drop}: the {track.title} track takes no drops yet (keyword drops only so far)")
+        raise EarshotError(f"{drop}: the {track.title} track takes no drops yet")
     return track.ingest(params, Path(drop), domain)
 
 

@@ -160,7 +160,9 @@ def tiny_settings(root: Path | None) -> dict:
     settings["dataset"]["domains"] = {k: place(f"data/synth/kws/{k}") for k in synthesis["domains"]}
     settings["asr"]["corpus"]["domains"] = list(synthesis["domains"])
     settings["asr"]["domains"] = {k: place(f"data/synth/asr/{k}") for k in synthesis["domains"]}
-    settings["ingest"] |= {"root": place("data/domains"), "quarantine": place("data/quarantine")}
+    for ingest in (settings["ingest"], settings["esc"]["ingest"], settings["asr"]["ingest"]):
+        ingest |= {key: place(ingest[key]) for key in ("root", "quarantine")}
+    settings["esc"]["root"] = place(settings["esc"]["root"])
     settings["train"] |= {"epochs": 3, "batch_size": 32, "patience": 2}
     settings["model"] |= {"channels": 32, "blocks": 1}
     settings["export"] |= {"calibration_clips": 32, "latency_runs": 5, "min_parity": 0.5}

@@ -47,8 +47,9 @@ def reproduced_repo(repo: Path, settings: dict) -> Path:
         shutil.copytree(PROJECT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(PROJECT / "dvc.yaml", repo / "dvc.yaml")
     (repo / "params.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
-    (repo / "data/domains").mkdir(parents=True)
-    shutil.copy(PROJECT / "data/domains/drops.csv", repo / "data/domains/drops.csv")
+    for ledger in PROJECT.glob("data/**/drops.csv"):  # dvc.yaml's featurize stage depends on every track's ledger
+        (repo / ledger.relative_to(PROJECT)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ledger, repo / ledger.relative_to(PROJECT))
     run(["git", "init", "-q"], repo)
     run(["dvc", "init", "-q"], repo)
     run(["dvc", "repro"], repo)

@@ -21,6 +21,7 @@ from components.evaluate import classifier_rows, evaluate_predictions, plot_conf
 from components.export import ExportReport, export_models, front_end_latency_ms
 from components.features import LogMel
 from components.files import write_csv, write_text_atomically
+from components.ingest import IngestReport
 from components.model import count_parameters, save_model
 from components.review import ReviewClip, pick_mistakes
 from components.runs import (
@@ -31,11 +32,13 @@ from components.runs import (
     record_mistakes,
     record_training,
     run_file,
+    versioned_ingest,
     write_json,
 )
-from components.sound_corpus import DOMAINS_CSV, source_domains, synthesize_urbansound
+from components.sound_corpus import synthesize_urbansound
 from components.sound_data import SoundData, featurize_clips
-from components.sound_events import SoundClip, load_esc50, load_urbansound8k
+from components.sound_drops import sound_dataset, sound_drops
+from components.sound_events import SoundClip
 from components.sound_model import load_sound_model, min_frames
 from components.sound_train import CrossValidation, FoldResult, cross_validate, fold_roles, score, train_fold
 from components.tracking import KWS_SETTINGS, resume_run, training_run
@@ -43,7 +46,6 @@ from components.tracks import Track
 from components.train import run_fingerprint
 
 FEATURES_FILE = "clips.pt"
-LOADERS = {"urbansound8k": load_urbansound8k, "esc50": load_esc50}
 # The settings that shape the sound model, as a pydantic `include` of Params (see run_fingerprint).
 ESC_TRAINING = {"seed": True, "esc": {"sample_rate", "features", "train", "holdout_fold"}}
 # The other tracks' settings do not shape this model; logged, they would only bury the ones that do.
@@ -59,28 +61,22 @@ def synthesize(params: Params) -> list[SoundClip]:
                                  max_slices_per_source=corpus.max_slices_per_source)
 
 
-def clip_domains(root: Path, clips: list[SoundClip], layout: str) -> list[str]:
-    """Each clip's acoustic domain: from metadata/domains.csv of a synthesized corpus, else the dataset's name."""
-    if not (root / DOMAINS_CSV).is_file():
-        return [layout] * len(clips)
-    by_source = source_domains(root)
-    missing = sorted({clip.source for clip in clips} - set(by_source))
-    if missing:
-        raise EarshotError(f"{root / DOMAINS_CSV}: no domain for source {missing[0]} ({len(missing)} missing)")
-    return [by_source[clip.source] for clip in clips]
-
-
 def featurize(params: Params) -> str:
-    """Read the dataset of esc.layout under esc.root, every row checked; one log-mel per clip; returns its version."""
+    """One log-mel per clip of the dataset under esc.root and of every ingested domain; returns the data's version."""
     esc = params.esc
-    clips = LOADERS[esc.layout](esc.root)
-    data = featurize_clips(clips, clip_domains(esc.root, clips, esc.layout), sample_rate=esc.sample_rate,
-                           features=esc.features, min_frames=min_frames(esc.train.blocks))
+    clips, domains = sound_dataset(params)
+    data = featurize_clips(clips, domains, sample_rate=esc.sample_rate, features=esc.features,
+                           min_frames=min_frames(esc.train.blocks))
     data.save(params.out.features / FEATURES_FILE)
     folds = sorted({clip.fold for clip in clips})
     console.print(f"featurized {len(clips)} clips of {len(data.label_names)} classes in folds {folds}, domains "
                   f"{', '.join(data.domain_names)}", highlight=False)
     return data.version
+
+
+def ingest(params: Params, drop: Path, domain: str) -> IngestReport:
+    """Validate and ingest a drop of sound clips into `domain`, version it in DVC and git, log it to MLflow."""
+    return versioned_ingest(params, sound_drops(params), drop, domain)
 
 
 def load_data(params: Params) -> SoundData:
@@ -260,4 +256,4 @@ TRACK = Track(name="esc", title="environmental sound classification", synthesize
               training_key=training_key, train=train, evaluate=evaluate, export=export,
               score_champion=CLASSIFIER_GATE.score_champion, gate=CLASSIFIER_GATE.gate,
               version_figures=classifier_figures,
-              summary_rows=summary_rows)
+              summary_rows=summary_rows, ingest=ingest)

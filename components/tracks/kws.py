@@ -29,7 +29,7 @@ from components.evaluate import Evaluation, classifier_rows, evaluate_prediction
 from components.export import ExportReport, export_models, front_end_latency_ms
 from components.features import front_end
 from components.files import write_csv, write_text_atomically
-from components.ingest import LEDGER, DropError, IngestReport, ingest_drop, ingested_domains, keyword_drops, ledger_rows
+from components.ingest import IngestReport, ingested_domains, keyword_drops, ledger_rows
 from components.model import KeywordSpotter, count_parameters, load_model, save_model
 from components.registry import champion, registry_client
 from components.review import ReviewClip, pick_mistakes
@@ -42,13 +42,13 @@ from components.runs import (
     record_mistakes,
     record_training,
     run_file,
+    versioned_ingest,
     write_json,
 )
 from components.shards import refresh_shards
-from components.tracking import resume_run, training_run, use_store
+from components.tracking import resume_run, training_run
 from components.tracks import Track
 from components.train import KWS_TRAINING, run_fingerprint, teacher_params, train_model
-from components.versioning import commit_data_version
 
 # The other tracks' settings do not shape this model; logged, they would only bury the ones that do.
 FOREIGN_SETTINGS = {"asr", "esc"}
@@ -248,24 +248,8 @@ def gate_inputs(params: Params) -> GateInputs:
 
 
 def ingest(params: Params, drop: Path, domain: str) -> IngestReport:
-    """Validate and ingest a drop into `domain`, version it in DVC and git, log the validation to MLflow."""
-    report = ingest_drop(keyword_drops(params), drop, domain, params.out.reports / "validation")
-    if report.already_ingested:
-        return report
-    if not report.drop_rejected:
-        commit_data_version(params.ingest.root / domain, params.ingest.root / LEDGER,
-                            f"data: ingest {Path(drop).name} into {domain} (data version {report.data_version})")
-    use_store(params.mlflow)
-    with mlflow.start_run(run_name=f"ingest {Path(drop).name}", tags={
-            "stage": "ingest", "drop_id": report.drop_id, "domain": domain, "data_version": report.data_version}):
-        mlflow.log_metrics({"accepted": report.accepted, "rejected": report.rejected})
-        if report.docs_dir:
-            mlflow.log_artifacts(str(report.docs_dir), artifact_path="data_docs")
-        if report.quarantine:
-            mlflow.log_artifact(str(report.quarantine / "reasons.csv"), artifact_path="quarantine")
-    if report.drop_rejected:
-        raise DropError(report.drop_rejected)
-    return report
+    """Validate and ingest a keyword drop into `domain`, version it in DVC and git, log it to MLflow."""
+    return versioned_ingest(params, keyword_drops(params), drop, domain)
 
 
 def summary_rows(metrics: dict, exported: dict) -> list[tuple[str, str]]:
