@@ -15,13 +15,14 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 from components.config import Params
 from components.errors import EarshotError
 from components.files import contained_file, write_text_atomically
 from components.ingest import DropError, DropKind, ingested_domains, normalised_wav, stored_id
-from components.sound_corpus import DOMAINS_CSV, source_domains
+from components.sound_corpus import CLASSES, DOMAINS_CSV, source_domains, synthesize_urbansound
 from components.sound_events import (
     ESC50_CSV,
     ESC50_FOLDS,
@@ -157,3 +158,30 @@ def write_urbansound(staging: Path, accepted: list[dict], sample_rate: int, clas
     csv.writer(buffer, lineterminator="\n").writerows([URBANSOUND8K_COLUMNS, *rows])
     # A new file, not an edit: the staged metadata may be a hard link to the live one.
     write_text_atomically(metadata, buffer.getvalue())
+
+
+def write_sound_drop(params: Params, domain: str, folder: Path, clips_per_class: int, seed: int,
+                     mislabeled: bool = False) -> list[SoundClip]:
+    """A drop of the ten procedural classes heard in the recipe esc.corpus.drop_domains[domain], in the UrbanSound8K
+    layout; mislabeled: each source listed under one other class, drawn by `seed`, as a careless vendor might."""
+    corpus = params.esc.corpus
+    if domain not in corpus.drop_domains:
+        raise EarshotError(f"{domain!r}: no recipe in esc.corpus.drop_domains ({', '.join(corpus.drop_domains)})")
+    clips = synthesize_urbansound(folder, clips_per_class=clips_per_class, sample_rate=corpus.sample_rate, seed=seed,
+                                  domains={domain: corpus.drop_domains[domain]},
+                                  max_slices_per_source=corpus.max_slices_per_source)
+    if mislabeled:
+        rng = np.random.default_rng(seed)
+        rows = list(csv.DictReader(io.StringIO((folder / URBANSOUND8K_CSV).read_text())))
+        wrong: dict[str, int] = {}
+        for row in rows:
+            class_id = wrong.setdefault(row["fsID"], (int(row["classID"]) + int(rng.integers(1, len(CLASSES))))
+                                        % len(CLASSES))
+            row |= {"classID": class_id, "class": CLASSES[class_id]}
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, URBANSOUND8K_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        (folder / URBANSOUND8K_CSV).write_text(buffer.getvalue())
+        clips = load_urbansound8k(folder)
+    return clips

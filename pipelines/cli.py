@@ -235,12 +235,15 @@ def worker(
 
 
 @app.command()
-def demo(params: ParamsOption = Path("params.yaml")) -> None:
+def demo(
+    params: ParamsOption = Path("params.yaml"),
+    track: Annotated[str, typer.Option(help="Whose story: kws (keywords), esc (sound events).")] = "kws",
+) -> None:
     """The continuous-training story in a workspace of its own: baseline, a good drop promoted, a bad one refused."""
     from pipelines.demo import run_demo, stage_table, story_table
 
     settings = load_params(params)
-    steps = run_demo(settings)
+    steps = run_demo(settings, track)
     console.print(story_table(steps))
     console.print(stage_table(steps))
     console.print("Runs, gate reports and the registry: earshot ui --demo  → http://127.0.0.1:5000",

@@ -1,7 +1,8 @@
 """The continuous-training story `make demo` tells, in a workspace of its own (git + DVC repo, MLflow store, remote).
 
 A model trained on the baseline domains meets a drop of a new domain it scores badly on, is retrained, gated and
-promoted; then a drop with shuffled labels passes validation, and the gate refuses the model trained on it.
+promoted; then a drop with shuffled labels passes validation, and the gate refuses the model trained on it. The
+keyword track tells it by default; each track in STORIES tells the same three steps with its own data.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,9 +22,10 @@ import yaml
 from rich.table import Table
 
 from components.config import ConfigError, Params
-from components.corpus import synthesize_corpus
 from components.drops import write_drop
 from components.registry import champion, registry_client
+from components.sound_drops import write_sound_drop
+from components.tracks import track_of
 from pipelines.flows import continuous_training
 
 if TYPE_CHECKING:
@@ -47,8 +50,8 @@ class StoryStep:
 
 
 def workspace_params(params: Params) -> Params:
-    """The demo's params: only the baseline domains in the corpus; every other recipe arrives as a drop."""
-    settings = params.model_dump(mode="json") | {"track": "kws"}  # the story is told with keyword spotting
+    """The keyword demo's params: only the baseline domains in the corpus; every other recipe arrives as a drop."""
+    settings = params.model_dump(mode="json") | {"track": "kws"}
     recipes = settings["synthesis"]["domains"] | settings["synthesis"]["drop_domains"]
     baseline = params.demo.baseline_domains
     unknown = [d for d in [*baseline, params.demo.good_drop, params.demo.bad_drop] if d not in recipes]
@@ -60,13 +63,54 @@ def workspace_params(params: Params) -> Params:
     return Params.model_validate(settings)
 
 
+def sound_workspace_params(params: Params) -> Params:
+    """The sound-event demo's params: esc.corpus at demo.esc's size, cross-validated over demo.esc.cv_folds, trained
+    for demo.esc.epochs and gated by demo.esc.gate."""
+    story = params.demo.esc
+    settings = params.model_dump(mode="json") | {"track": "esc"}
+    unknown = [d for d in (story.good_drop, story.bad_drop) if d not in params.esc.corpus.drop_domains]
+    if unknown:
+        raise ConfigError(f"demo.esc: domain(s) {', '.join(unknown)} have no recipe in esc.corpus.drop_domains")
+    settings["esc"]["corpus"]["clips_per_class"] = story.clips_per_class
+    settings["esc"]["cv_folds"] = story.cv_folds
+    settings["esc"]["train"]["epochs"] = story.epochs
+    settings["esc"]["gate"] = story.gate.model_dump()
+    return Params.model_validate(settings)
+
+
+def write_keyword_drop(demo: Params, domain: str, folder: Path, number: int, mislabeled: bool) -> None:
+    write_drop(demo, domain, folder, speakers=demo.demo.drop_speakers, drop_seed=number, shuffled_labels=mislabeled)
+
+
+def write_sound_story_drop(demo: Params, domain: str, folder: Path, number: int, mislabeled: bool) -> None:
+    write_sound_drop(demo, domain, folder, demo.demo.esc.drop_clips_per_class, demo.seed + 1000 * number, mislabeled)
+
+
+@dataclass(frozen=True)
+class Story:
+    """What differs between the tracks' stories: their params, their baseline domains, and how a drop is made."""
+
+    params: Callable[[Params], Params]
+    baseline: Callable[[Params], list[str]]
+    drops: Callable[[Params], tuple[str, str]]  # the good drop's domain, then the mislabeled one's
+    write_drop: Callable[[Params, str, Path, int, bool], None]  # (params, domain, folder, number, mislabeled)
+
+
+STORIES = {
+    "kws": Story(workspace_params, lambda demo: demo.demo.baseline_domains,
+                 lambda demo: (demo.demo.good_drop, demo.demo.bad_drop), write_keyword_drop),
+    "esc": Story(sound_workspace_params, lambda demo: list(demo.esc.corpus.domains),
+                 lambda demo: (demo.demo.esc.good_drop, demo.demo.esc.bad_drop), write_sound_story_drop),
+}
+
+
 def _run(args: list[str], cwd: Path) -> None:
     subprocess.run(args, cwd=cwd, check=True, capture_output=True, text=True)
 
 
-def prepare_workspace(params: Params) -> Path:
-    """A fresh git + DVC repo with a local DVC remote and the demo's params.yaml; returns its path."""
-    workspace = params.demo.workspace.resolve()
+def prepare_workspace(workspace: Path, demo: Params) -> Path:
+    """A fresh git + DVC repo at `workspace` with a local DVC remote and the demo's params.yaml; returns its path."""
+    workspace = Path(workspace).resolve()
     here = Path.cwd().resolve()
     if workspace == here or workspace in here.parents:
         raise ConfigError(f"demo.workspace {workspace}: the demo wipes it, so it must be a folder of its own")
@@ -80,33 +124,35 @@ def prepare_workspace(params: Params) -> Path:
     _run([*dvc, "init", "-q"], workspace)
     _run([*dvc, "remote", "add", "-d", "local", DVC_REMOTE], workspace)
     (workspace / ".gitignore").write_text(f"/{DVC_REMOTE}\n/mlflow.db\n/mlartifacts\n/mlruns\n/.earshot\n"
-                                          "/data/incoming\n/data/quarantine\n/data/features\n/models\n/reports\n")
-    demo = workspace_params(params)
+                                          "/data/incoming\n/data/quarantine\n/data/*/quarantine\n/data/features\n"
+                                          "/models\n/reports\n")
     (workspace / "params.yaml").write_text(yaml.safe_dump(demo.model_dump(mode="json"), sort_keys=False))
     _run(["git", "add", "."], workspace)
     _run(["git", "commit", "-q", "-m", "demo workspace"], workspace)
     return workspace
 
 
-def run_demo(params: Params) -> list[StoryStep]:
-    """Baseline → good drop (retrain, gate, promote) → shuffled-label drop (retrain, gate refuses); one row each."""
-    workspace = prepare_workspace(params)
+def run_demo(params: Params, track: str = "kws") -> list[StoryStep]:
+    """Baseline → good drop (retrain, gate, promote) → mislabeled drop (retrain, gate refuses); one row each."""
+    if track not in STORIES:
+        raise ConfigError(f"demo: no story for track {track!r} (stories: {', '.join(STORIES)})")
+    story = STORIES[track]
+    demo = story.params(params)
+    workspace = prepare_workspace(params.demo.workspace, demo)
     steps = []
     with contextlib.chdir(workspace):
-        demo = workspace_params(params)
         start = time.perf_counter()
-        synthesize_corpus(demo)
+        track_of(demo).synthesize(demo)
         _run([sys.executable, "-m", "dvc", "add", "-q", str(demo.synthesis.out_dir)], workspace)
         _run(["git", "add", "-A"], workspace)
         _run(["git", "commit", "-q", "-m", "data: baseline corpus"], workspace)
         before = {"synthesize corpus": time.perf_counter() - start}
-        steps.append(_step(demo, f"train on {', '.join(demo.demo.baseline_domains)}", None, None, before))
-        for number, (domain, shuffled) in enumerate([(demo.demo.good_drop, False), (demo.demo.bad_drop, True)], 1):
+        steps.append(_step(demo, f"train on {', '.join(story.baseline(demo))}", None, None, before))
+        for number, (domain, mislabeled) in enumerate(zip(story.drops(demo), (False, True), strict=True), 1):
             drop = demo.continuous.incoming / domain / f"drop-{number:03d}"
             start = time.perf_counter()
-            write_drop(demo, domain, drop, speakers=demo.demo.drop_speakers, drop_seed=number,
-                       shuffled_labels=shuffled)
-            label = f"drop of {domain}" + (" (labels shuffled)" if shuffled else "")
+            story.write_drop(demo, domain, drop, number, mislabeled)
+            label = f"drop of {domain}" + (" (labels shuffled)" if mislabeled else "")
             steps.append(_step(demo, label, drop, domain, {"record drop": time.perf_counter() - start}))
         _run([sys.executable, "-m", "dvc", "push", "-q"], workspace)
     return steps

@@ -410,7 +410,7 @@ def test_the_demo_never_wipes_the_project_it_runs_in(tmp_path, monkeypatch):
     for workspace in (".", ".."):
         params = Params.model_validate(tiny_settings(tmp_path) | {"demo": {"workspace": workspace}})
         with pytest.raises(ConfigError, match="must be a folder of its own"):
-            prepare_workspace(params)
+            prepare_workspace(params.demo.workspace, params)
     assert (tmp_path / "keep.txt").read_text() == "the user's work"
 
 
