@@ -289,7 +289,7 @@ def test_the_sound_demo_tells_the_three_step_story_in_a_repo_of_its_own(prefect_
     assert steps[0].outcome == "promoted"
     # Each source of the mislabeled drop sits under a class it is not: its domain's clips score about nothing.
     assert steps[2].outcome == "refused" and steps[2].challenger["tunnel"] < 0.5
-    assert steps[2].champion_after == (steps[1].version if steps[1].outcome == "promoted" else steps[0].version)
+    assert str(steps[2].champion_after) == (steps[1].version if steps[1].outcome == "promoted" else steps[0].version)
     log = git(["log", "--format=%s"], tmp_path / "demo")
     assert sum(line.startswith("data: ingest") for line in log.splitlines()) == 2
     assert (tmp_path / "demo/data/esc/domains/kitchen.dvc").is_file()
