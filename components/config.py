@@ -224,7 +224,8 @@ class Gate(Strict):
 class Continuous(Strict):
     """The retraining loop: where drops land, how often they are looked for, when the nightly run starts."""
 
-    # A finished drop is moved (renamed) into incoming/<domain>/<drop>/; the watcher starts one retraining per drop.
+    # A finished drop is moved (renamed) into incoming/<track>/<domain>/<drop>/; the watcher of a params file starts
+    # one retraining per drop of its track.
     incoming: Path = Path("data/incoming")
     watch_every_s: Annotated[float, Field(gt=0.0)] = 60.0
     nightly_cron: str = "0 3 * * *"
@@ -484,6 +485,11 @@ class Params(Strict):
         return self.tracking.model_copy(update={"experiment": self.tracking.experiment.format(track=self.track),
                                                 "registered_model": self.tracking.registered_model.format(
                                                     track=self.track)})
+
+    @property
+    def incoming(self) -> Path:
+        """Where the active track's drops land for the watcher: <continuous.incoming>/<track>/<domain>/<drop>/."""
+        return self.continuous.incoming / self.track
 
     @property
     def synth_root(self) -> Path:

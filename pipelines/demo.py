@@ -149,7 +149,7 @@ def run_demo(params: Params, track: str = "kws") -> list[StoryStep]:
         before = {"synthesize corpus": time.perf_counter() - start}
         steps.append(_step(demo, f"train on {', '.join(story.baseline(demo))}", None, None, before))
         for number, (domain, mislabeled) in enumerate(zip(story.drops(demo), (False, True), strict=True), 1):
-            drop = demo.continuous.incoming / domain / f"drop-{number:03d}"
+            drop = demo.incoming / domain / f"drop-{number:03d}"
             start = time.perf_counter()
             story.write_drop(demo, domain, drop, number, mislabeled)
             label = f"drop of {domain}" + (" (labels shuffled)" if mislabeled else "")

@@ -166,14 +166,15 @@ def drop_key(drop: Path) -> str:
 
 @flow(name="watch_incoming", log_prints=True)
 def watch_incoming(params_path: str = "params.yaml") -> list[str]:
-    """Start one retraining per drop under incoming/<domain>/<drop>/; a drop already seen is never started again.
+    """Start one retraining per drop under incoming/<track>/<domain>/<drop>/; a drop already seen is never started
+    again.
 
     The drop's content hash is the flow run's idempotency key, so the Prefect API itself refuses a second run.
     """
     params = load_params(params_path)
     since = datetime.now(UTC)
     started = []
-    for drop in sorted(p for p in Path(params.continuous.incoming).glob("*/*") if p.is_dir()):
+    for drop in sorted(p for p in params.incoming.glob("*/*") if p.is_dir()):
         run = run_deployment(f"{FLOW}/{RETRAIN_DEPLOYMENT}", timeout=0, as_subflow=False,
                              idempotency_key=f"drop-{drop_key(drop)}",
                              parameters={"params_path": params_path, "drop": str(drop), "domain": drop.parent.name})
@@ -197,5 +198,5 @@ def deployments(params_path: str = "params.yaml") -> list[RunnerDeployment]:
                                           description="Retrain if data or settings changed since the last gate."),
         watch_incoming.to_deployment("new-data", interval=params.continuous.watch_every_s, parameters=arguments,
                                      concurrency_limit=1,
-                                     description=f"Start one retraining per new drop in {params.continuous.incoming}."),
+                                     description=f"Start one retraining per new drop in {params.incoming}."),
     ]

@@ -104,7 +104,7 @@ class World:
 
     def drop(self, domain: str, lowest: float, count: int = 12, detune: int = 0, shuffled: bool = False,
              split: str | None = None) -> Path:
-        folder = self.root / "incoming" / domain / f"drop-{lowest:.0f}-{detune}"
+        folder = self.params.incoming / domain / f"drop-{lowest:.0f}-{detune}"
         write_tree(folder, pitches(self.settings, lowest), speakers(domain[-1], count, split), detune=detune)
         if shuffled:
             shuffle_labels(folder)
@@ -228,7 +228,7 @@ def test_watcher_starts_one_flow_run_per_drop_however_often_it_looks(story, pref
         deployment.apply()
     first = watch_incoming(str(world.params_path))
     second = watch_incoming(str(world.params_path))
-    drops = sorted(str(p) for p in (world.root / "incoming").glob("*/*"))
+    drops = sorted(str(p) for p in (world.root / "incoming/kws").glob("*/*"))
     assert sorted(first) == drops and second == []
     [manual] = [d for d in read_api("read_deployments") if d.name == "manual"]
     runs = [r for r in read_api("read_flow_runs") if r.deployment_id == manual.id]

@@ -229,12 +229,12 @@ def sound_story(prefect_api, tmp_path_factory):
         (root / "params.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
         params = load_params(root / "params.yaml")
         baseline = continuous_training(str(root / "params.yaml"))
-        good_drop = write_class_folders(root / "incoming/lab_b/drop-1", 1600.0, 30, "b")
+        good_drop = write_class_folders(params.incoming / "lab_b/drop-1", 1600.0, 30, "b")
         faults = plant_faults(good_drop, next((root / "base/lab_a/audio/fold1").glob("*.wav")))
         originals = tree_digest(good_drop)
         good = continuous_training(str(root / "params.yaml"), str(good_drop), "lab_b")
         after_good = champion(registry_client(params.mlflow), params.mlflow.registered_model).version
-        bad_drop = write_class_folders(root / "incoming/lab_c/drop-1", 2800.0, 30, "c", seed=2, mislabeled=True)
+        bad_drop = write_class_folders(params.incoming / "lab_c/drop-1", 2800.0, 30, "c", seed=2, mislabeled=True)
         bad = continuous_training(str(root / "params.yaml"), str(bad_drop), "lab_c")
         after_bad = champion(registry_client(params.mlflow), params.mlflow.registered_model).version
         yield {"root": root, "params": params, "baseline": baseline, "good": good, "bad": bad, "faults": faults,
