@@ -144,14 +144,32 @@ def validate_drop(
 
     The label mix is judged over the task's classes (words outside `labels` count as the unknown class).
     """
+    return validate_facts(facts, lambda: _file_expectations(cfg, vocabulary), lambda: _drop_expectations(cfg),
+                          lambda passed: _label_shares(facts, passed, labels), docs_dir)
+
+
+def validate_facts(
+    facts: pd.DataFrame,
+    file_expectations: Callable[[], list],
+    drop_expectations: Callable[[], list],
+    drop_table: Callable[[pd.Series], pd.DataFrame],
+    docs_dir: Path,
+    suite_names: tuple[str, str] = (FILE_SUITE, DROP_SUITE),
+    details: dict[str, str] = DETAIL,
+) -> ValidationReport:
+    """Run a per-file suite, then a drop suite on drop_table(rows that passed), and build Data Docs into docs_dir.
+
+    Every track's drop is decided this way: a file's primary reason is its first failure in suite order. The
+    expectations are built by callables because GX may only be imported once _suites has configured it; `details`
+    names, per checked column, the column of the same row that says why a value failed.
+    """
     with _suites(docs_dir) as run:
-        per_file = run(FILE_SUITE, _file_expectations(cfg, vocabulary), facts)
+        per_file = run(suite_names[0], file_expectations(), facts, details)
         primary: dict[str, Rejection] = {}
         for rejection in per_file:
             primary.setdefault(rejection.file, rejection)
         accepted = [file for file in facts["file"] if file not in primary]
-        shares = _label_shares(facts, facts["file"].isin(accepted), labels)
-        drop_failures = run(DROP_SUITE, _drop_expectations(cfg), shares)
+        drop_failures = run(suite_names[1], drop_expectations(), drop_table(facts["file"].isin(accepted)), details)
     by_row = {file: i for i, file in enumerate(facts["file"])}
     rejections = sorted(primary.values(), key=lambda r: by_row[r.file])
     return ValidationReport(rejections, _merged(drop_failures), accepted, Path(docs_dir).resolve())
@@ -186,7 +204,7 @@ def document_training_data(facts: pd.DataFrame, cfg: Ingest, labels: list[str], 
 
 
 @contextmanager
-def _suites(docs_dir: Path) -> Iterator[Callable[[str, list, pd.DataFrame], list[Rejection]]]:
+def _suites(docs_dir: Path) -> Iterator[Callable[..., list[Rejection]]]:
     """An ephemeral GX context whose suites run on data frames; its Data Docs site is built into docs_dir on exit."""
     # GX reads this on import, and its import costs seconds, so only validation pays for it.
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -211,27 +229,36 @@ def _suites(docs_dir: Path) -> Iterator[Callable[[str, list, pd.DataFrame], list
         batch = (context.data_sources.add_pandas("earshot").add_dataframe_asset("facts")
                  .add_batch_definition_whole_dataframe("whole frame"))
 
-        def run(name: str, expectations: list, frame: pd.DataFrame) -> list[Rejection]:
+        def run(name: str, expectations: list, frame: pd.DataFrame, details: dict[str, str] = DETAIL
+                ) -> list[Rejection]:
             suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
             definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
             result = definition.run(batch_parameters={"dataframe": frame}, result_format=RESULT_FORMAT)
             # In suite order, which is most basic first, so a file's first failure is its primary reason.
             order = [expectation.id for expectation in suite.expectations]
-            return _failures(sorted(result.results, key=lambda r: order.index(r.expectation_config.id)), frame)
+            return _failures(sorted(result.results, key=lambda r: order.index(r.expectation_config.id)), frame,
+                             details)
 
         yield run
         context.build_data_docs(site_names=[DOCS_SITE])
 
 
 def _file_expectations(cfg: Ingest, vocabulary: set[str]) -> list:
-    """Most basic first; signal checks skip files that could not be decoded, so those are reported once."""
+    """A labelled clip's suite: its audio, then its label among the words the task knows, then the cross-file facts."""
     import great_expectations.expectations as gxe
-    from great_expectations.expectations.row_conditions import Column
 
-    # These build GX row conditions, not Python booleans, hence `== True`.
-    probed = Column("path_ok") == True  # noqa: E712
-    decoded = Column("readable") == True  # noqa: E712
-    clean = decoded & (Column("finite") == True)  # noqa: E712
+    return [*audio_expectations(cfg), gxe.ExpectColumnValuesToBeInSet(column="label", value_set=sorted(vocabulary)),
+            *cross_file_expectations()]
+
+
+def audio_expectations(cfg: Ingest) -> list:
+    """The checks of a drop file's audio, most basic first, which every track's per-file suite opens with.
+
+    Signal checks skip files that could not be decoded, so those are reported once.
+    """
+    import great_expectations.expectations as gxe
+
+    probed, decoded, clean = decoded_conditions()
     return [
         gxe.ExpectColumnValuesToBeInSet(column="path_ok", value_set=[True]),
         gxe.ExpectColumnValuesToBeInSet(column="readable", value_set=[True], row_condition=probed),
@@ -242,10 +269,27 @@ def _file_expectations(cfg: Ingest, vocabulary: set[str]) -> list:
         gxe.ExpectColumnValuesToBeBetween(column="rms_dbfs", min_value=cfg.min_rms_dbfs, row_condition=clean),
         gxe.ExpectColumnValuesToBeBetween(column="clipping_ratio", max_value=cfg.max_clipping_ratio,
                                           row_condition=clean),
-        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=sorted(vocabulary)),
+    ]
+
+
+def cross_file_expectations() -> list:
+    """The checks no single file shows, which close every track's per-file suite: no speaker leak, no repeat."""
+    import great_expectations.expectations as gxe
+
+    return [
         gxe.ExpectColumnValuesToBeInSet(column="speaker_conflict", value_set=[False]),
         gxe.ExpectColumnValuesToBeInSet(column="duplicate", value_set=[False]),
     ]
+
+
+def decoded_conditions() -> tuple[Any, Any, Any]:
+    """GX row conditions for the rows whose path was usable, that decoded, and that decoded to finite samples."""
+    from great_expectations.expectations.row_conditions import Column
+
+    # These build GX row conditions, not Python booleans, hence `== True`.
+    probed = Column("path_ok") == True  # noqa: E712
+    decoded = Column("readable") == True  # noqa: E712
+    return probed, decoded, decoded & (Column("finite") == True)  # noqa: E712
 
 
 def _drop_expectations(cfg: Ingest) -> list:
@@ -263,8 +307,7 @@ def _training_expectations(cfg: Ingest, labels: list[str], domains: list[str], q
     import great_expectations.expectations as gxe
     from great_expectations.expectations.row_conditions import Column
 
-    decoded = Column("readable") == True  # noqa: E712
-    clean = decoded & (Column("finite") == True)  # noqa: E712
+    _, decoded, clean = decoded_conditions()
     heard = clean & Column("label").is_not_in(sorted(quiet_labels)) if quiet_labels else clean
     return [
         gxe.ExpectColumnValuesToBeInSet(column="readable", value_set=[True]),
@@ -286,7 +329,7 @@ def _label_shares(facts: pd.DataFrame, passed: pd.Series, labels: list[str]) -> 
                          "label_share": share.reindex(facts.index).astype("float64")})
 
 
-def _failures(results: list, frame: pd.DataFrame) -> list[Rejection]:
+def _failures(results: list, frame: pd.DataFrame, details: dict[str, str]) -> list[Rejection]:
     """One Rejection per failing row (or per table or whole-column expectation); ValidationError if an expectation
     could not run."""
     failures = []
@@ -304,7 +347,7 @@ def _failures(results: list, frame: pd.DataFrame) -> list[Rejection]:
         if "unexpected_index_list" not in result.result:  # a table or whole-column expectation
             failures.append(Rejection("*", name, str(result.result.get("observed_value"))))
             continue
-        detail = dict(zip(frame["file"], frame[DETAIL[column]], strict=True)) if column in DETAIL else {}
+        detail = dict(zip(frame["file"], frame[details[column]], strict=True)) if column in details else {}
         for row in result.result["unexpected_index_list"]:
             failures.append(Rejection(row["file"], name, _observed(row[column], detail.get(row["file"]))))
     return failures
