@@ -11,7 +11,7 @@ import hashlib
 import io
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -57,18 +57,25 @@ class IngestReport:
     drop_rejected: str = ""  # why the drop failed as a whole; nothing was published then
 
 
+def checked_drop(drop: Path, index_files: Iterable[str | Path]) -> Path:
+    """`drop` as a folder whose index files (manifest, metadata, split lists: what a layout reads before any audio)
+    lie inside it where they exist; DropError naming the file otherwise."""
+    drop = Path(drop)
+    if not drop.is_dir():
+        raise DropError(f"{drop}: not a folder")
+    for name in index_files:
+        target, why = contained_file(drop, drop / name)
+        if target is None and os.path.lexists(drop / name):
+            raise DropError(f"{drop / name}: {why}")
+    return drop
+
+
 def read_drop(drop: Path, validation_percentage: float, testing_percentage: float) -> list[dict[str, object]]:
     """The entries of a drop, from its manifest.csv or its Speech Commands layout; DropError if unusable.
 
     Every entry's path has passed contained_file: one that leads out of the drop is None, with its reason.
     """
-    drop = Path(drop)
-    if not drop.is_dir():
-        raise DropError(f"{drop}: not a folder")
-    for name in (MANIFEST, *SPLIT_FILES.values()):  # the files a layout reads before any audio
-        target, why = contained_file(drop, drop / name)
-        if target is None and os.path.lexists(drop / name):
-            raise DropError(f"{drop / name}: {why}")
+    drop = checked_drop(drop, (MANIFEST, *SPLIT_FILES.values()))
     if (drop / MANIFEST).is_file():
         entries = _manifest_entries(drop)
     else:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -20,8 +19,8 @@ import soundfile as sf
 
 from components.config import Params
 from components.errors import EarshotError
-from components.files import contained_file, write_text_atomically
-from components.ingest import DropError, DropKind, ingested_domains, normalised_wav, stored_id
+from components.files import contained_file, write_csv
+from components.ingest import DropError, DropKind, checked_drop, ingested_domains, normalised_wav, stored_id
 from components.sound_corpus import CLASSES, DOMAINS_CSV, source_domains, synthesize_urbansound
 from components.sound_events import (
     ESC50_CSV,
@@ -53,13 +52,7 @@ def read_sound_drop(drop: Path, folds: int, held_folds: dict[str, str]) -> list[
 
     A source already held keeps its fold; a listed fold must lie in 1..folds, the protocol of the track's dataset.
     """
-    drop = Path(drop)
-    if not drop.is_dir():
-        raise DropError(f"{drop}: not a folder")
-    for name in METADATA_FILES:
-        target, why = contained_file(drop, drop / name)
-        if target is None and os.path.lexists(drop / name):
-            raise DropError(f"{drop / name}: {why}")
+    drop = checked_drop(drop, METADATA_FILES)
     listed = next((load for name, load in METADATA_FILES.items() if (drop / name).is_file()), None)
     try:
         entries = _listed_entries(drop, listed(drop), folds) if listed else _class_folder_entries(drop)
@@ -141,7 +134,7 @@ def write_urbansound(staging: Path, accepted: list[dict], sample_rate: int, clas
     """Add accepted clips to an UrbanSound8K tree: audio/fold<n>/<source>-<classID>-<take>-0.wav and its metadata
     rows (start 0, salience 1)."""
     metadata = staging / URBANSOUND8K_CSV
-    rows = list(csv.reader(io.StringIO(metadata.read_text())))[1:] if metadata.is_file() else []
+    rows = list(csv.DictReader(metadata.open(newline=""))) if metadata.is_file() else []
     for entry in accepted:
         folder = staging / "audio" / f"fold{entry['split']}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -151,13 +144,11 @@ def write_urbansound(staging: Path, accepted: list[dict], sample_rate: int, clas
         audio = normalised_wav(entry["path"], sample_rate)
         (folder / name).write_bytes(audio)
         seconds = sf.info(io.BytesIO(audio)).duration
-        rows.append([name, source, 0, round(seconds, 6), SALIENCE, entry["split"], class_id, entry["label"]])
-    metadata.parent.mkdir(exist_ok=True)
-    buffer = io.StringIO()
-    rows.sort(key=lambda row: str(row[0]))  # by file name, as the real CSV is
-    csv.writer(buffer, lineterminator="\n").writerows([URBANSOUND8K_COLUMNS, *rows])
-    # A new file, not an edit: the staged metadata may be a hard link to the live one.
-    write_text_atomically(metadata, buffer.getvalue())
+        rows.append({"slice_file_name": name, "fsID": source, "start": 0, "end": round(seconds, 6),
+                     "salience": SALIENCE, "fold": entry["split"], "classID": class_id, "class": entry["label"]})
+    rows.sort(key=lambda row: row["slice_file_name"])  # by file name, as the real CSV is
+    # Written atomically, a new file: the staged metadata may be a hard link to the live one.
+    write_csv(metadata, rows, list(URBANSOUND8K_COLUMNS))
 
 
 def write_sound_drop(params: Params, domain: str, folder: Path, clips_per_class: int, seed: int,
@@ -172,16 +163,12 @@ def write_sound_drop(params: Params, domain: str, folder: Path, clips_per_class:
                                   max_slices_per_source=corpus.max_slices_per_source)
     if mislabeled:
         rng = np.random.default_rng(seed)
-        rows = list(csv.DictReader(io.StringIO((folder / URBANSOUND8K_CSV).read_text())))
+        rows = list(csv.DictReader((folder / URBANSOUND8K_CSV).open(newline="")))
         wrong: dict[str, int] = {}
         for row in rows:
             class_id = wrong.setdefault(row["fsID"], (int(row["classID"]) + int(rng.integers(1, len(CLASSES))))
                                         % len(CLASSES))
             row |= {"classID": class_id, "class": CLASSES[class_id]}
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, URBANSOUND8K_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        (folder / URBANSOUND8K_CSV).write_text(buffer.getvalue())
+        write_csv(folder / URBANSOUND8K_CSV, rows, list(URBANSOUND8K_COLUMNS))
         clips = load_urbansound8k(folder)
     return clips

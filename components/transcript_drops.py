@@ -19,7 +19,7 @@ import pandas as pd
 from components.config import AsrIngest, Subsets
 from components.dataset import SPLITS, read_audio, which_set
 from components.files import contained_file
-from components.ingest import MANIFEST, DropError, stored_id
+from components.ingest import MANIFEST, DropError, checked_drop, stored_id
 from components.librispeech import ALPHABET, index_librispeech, normalize_transcript, write_chapter
 from components.validate import (
     DETAIL,
@@ -46,13 +46,8 @@ def read_transcribed_drop(drop: Path, validation_percentage: float, testing_perc
     A transcript is only normalised here, never judged: a bad one is a per-file fact. A speaker without a split is
     placed by which_set's hash of its id, so one speaker always lands in one split.
     """
-    drop = Path(drop)
-    if not drop.is_dir():
-        raise DropError(f"{drop}: not a folder")
-    target, why = contained_file(drop, drop / MANIFEST)
-    if target is None and os.path.lexists(drop / MANIFEST):
-        raise DropError(f"{drop / MANIFEST}: {why}")
-    rows = _manifest_rows(drop) if target is not None else _librispeech_rows(drop)
+    drop = checked_drop(drop, [MANIFEST])
+    rows = _manifest_rows(drop) if (drop / MANIFEST).is_file() else _librispeech_rows(drop)
     if not rows:
         raise DropError(f"{drop}: no audio files (expected {MANIFEST} with columns {','.join(MANIFEST_COLUMNS)}"
                         "[,split] or <speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac|.wav with trans.txt)")
