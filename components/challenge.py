@@ -19,7 +19,14 @@ from components.config import Gate, Params
 from components.evaluate import LabelledClips
 from components.export import INT8_FILE, onnx_predictions
 from components.files import write_text_atomically
-from components.gate import Candidate, GateReport, gate_challenger, pick_golden, scored_candidate
+from components.gate import (
+    Candidate,
+    GateReport,
+    TranscriberCandidate,
+    gate_challenger,
+    pick_golden,
+    scored_candidate,
+)
 from components.registry import (
     CHAMPION,
     champion,
@@ -44,11 +51,12 @@ class ChampionScore:
     """The champion's INT8 model re-scored on today's test split: the drift signal and the gate's baseline."""
 
     version: str
-    top1: torch.Tensor
-    candidate: Candidate
+    answers: torch.Tensor | list[str]  # per test row: a classifier's top-1 class, a transcriber's transcript
+    candidate: Candidate | TranscriberCandidate
+    metric: str = "accuracy"  # what candidate.per_domain holds
 
     def drift(self, new_domain: str | None) -> dict[str, float]:
-        """Accuracy on the new domain next to the mean over the domains it already knew."""
+        """The metric on the new domain next to its mean over the domains the champion already knew."""
         known = [v for d, v in self.candidate.per_domain.items() if d != new_domain]
         figures = {"known_domains": sum(known) / len(known) if known else float("nan")}
         if new_domain is not None:
@@ -118,7 +126,7 @@ def gate_classifier(params: Params, inputs: GateInputs, new_domain: str | None,
     test, thresholds = inputs.test, inputs.thresholds
     int8 = int8_figures(params)
     golden = {} if champion_score is None else pick_golden(
-        test, champion_score.top1, inputs.golden_domains, thresholds.golden_clips, params.seed)
+        test, champion_score.answers, inputs.golden_domains, thresholds.golden_clips, params.seed)
     challenger = scored_candidate(onnx_predictions(params.out.model_dir / INT8_FILE, test.mels), test,
                                   int8["agreement_with_torch"], int8["latency_ms_p50"], int8["size_bytes"], golden)
     report = gate_challenger(challenger, champion_score.candidate if champion_score else None, thresholds,

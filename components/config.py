@@ -367,6 +367,10 @@ class AsrGate(Strict):
     max_int8_wer_gap_points: Annotated[float, Field(ge=0.0)] = 1.0
     max_int8_rtf: Annotated[float, Field(gt=0.0)] = 0.3
     max_int8_size_kib: Annotated[float, Field(gt=0.0)] = 2048.0
+    # Test utterances of the known domains the champion transcribes exactly, drawn by seed, that must keep their
+    # transcript (as the classifiers' golden clips).
+    golden_utterances: Annotated[int, Field(ge=0)] = 10
+    max_golden_changed: Annotated[int, Field(ge=0)] = 1
 
 
 class Asr(Strict):

@@ -38,6 +38,7 @@ class TranscriberCandidate:
     int8_wer_gap_points: float  # INT8 WER minus FP32 WER, in points
     int8_rtf: float  # processing time / audio time, 1 thread
     int8_size_bytes: int
+    golden: dict[str, str] = field(default_factory=dict)  # utterance id -> transcript
 
 
 @dataclass(frozen=True)
@@ -125,16 +126,21 @@ def gate_challenger(
         _size_check(challenger.int8_size_bytes, cfg.max_int8_size_kib),
     ]
     if golden_labels:
-        changed = sorted(clip for clip, label in golden_labels.items() if challenger.golden.get(clip) != label)
-        checks.append(Check("golden clips keep their labels", len(changed) <= cfg.max_golden_changed,
-                            f"{len(changed)} of {len(golden_labels)} changed" + (f": {', '.join(changed[:5])}"
-                                                                                  if changed else ""),
-                            f"≤ {cfg.max_golden_changed} changed"))
+        checks.append(golden_check(golden_labels, challenger.golden, cfg.max_golden_changed, "golden clips keep "
+                                                                                              "their labels"))
     return GateReport(tuple(checks), challenger, champion)
 
 
+def golden_check(golden: dict[str, str], answers: dict[str, str], max_changed: int, name: str) -> Check:
+    """At most `max_changed` of the golden cases (id -> the answer the champion got right) answered otherwise."""
+    changed = sorted(case for case, answer in golden.items() if answers.get(case) != answer)
+    return Check(name, len(changed) <= max_changed,
+                 f"{len(changed)} of {len(golden)} changed" + (f": {', '.join(changed[:5])}" if changed else ""),
+                 f"≤ {max_changed} changed")
+
+
 def gate_transcriber(challenger: TranscriberCandidate, champion: TranscriberCandidate | None, cfg: AsrGate,
-                     new_domain: str | None = None) -> GateReport:
+                     new_domain: str | None = None, golden: dict[str, str] | None = None) -> GateReport:
     """The speech-to-text gate: WER per domain may rise by at most the allowed points, overall must not rise.
 
     As for keywords, both candidates are scored as INT8 ONNX on the same current test sets.
@@ -160,6 +166,9 @@ def gate_transcriber(challenger: TranscriberCandidate, champion: TranscriberCand
               f"{challenger.int8_rtf:.3f}", f"≤ {cfg.max_int8_rtf:.3f}"),
         _size_check(challenger.int8_size_bytes, cfg.max_int8_size_kib),
     ]
+    if golden:
+        checks.append(golden_check(golden, challenger.golden, cfg.max_golden_changed,
+                                   "golden utterances keep their transcripts"))
     return GateReport(tuple(checks), challenger, champion)
 
 
@@ -186,16 +195,17 @@ def gate_keywords(challenger: KeywordCandidate, champion: KeywordCandidate | Non
 
 def pick_golden(test: LabelledClips, champion_top1: torch.Tensor, domains: Collection[str], count: int,
                 seed: int) -> dict[str, str]:
-    """Clip -> true label for `count` test clips of `domains` that the champion labels right.
+    """Clip -> true label for `count` test clips of `domains` that the champion labels right (see pin_golden)."""
+    return pin_golden({test.sources[i]: test.label_names[test.labels[i]] for i in range(len(test.labels))
+                       if test.domain_names[test.domains[i]] in domains and champion_top1[i] == test.labels[i]},
+                      count, seed)
 
-    Clips are ranked by a seeded hash of their source, so the same clips stay pinned while other data comes and goes.
-    """
-    def rank(i: int) -> str:
-        return hashlib.sha256(f"{seed}/{test.sources[i]}".encode()).hexdigest()
 
-    eligible = [i for i in range(len(test.labels))
-                if test.domain_names[test.domains[i]] in domains and champion_top1[i] == test.labels[i]]
-    return {test.sources[i]: test.label_names[test.labels[i]] for i in sorted(eligible, key=rank)[:count]}
+def pin_golden(cases: dict[str, str], count: int, seed: int) -> dict[str, str]:
+    """`count` of the cases (id -> the answer the champion got right), ranked by a seeded hash of their id, so the
+    same cases stay pinned while other data comes and goes."""
+    ranked = sorted(cases, key=lambda case: hashlib.sha256(f"{seed}/{case}".encode()).hexdigest())
+    return {case: cases[case] for case in ranked[:count]}
 
 
 def scored_candidate(top1: torch.Tensor, test: LabelledClips, int8_parity: float, int8_latency_ms: float,

@@ -11,16 +11,18 @@ import csv
 import hashlib
 import io
 import os
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from components.config import AsrIngest, Subsets
+from components.asr_data import domain_utterances, speech_domains
+from components.config import AsrIngest, Params, Subsets
 from components.dataset import SPLITS, read_audio, which_set
 from components.files import contained_file
-from components.ingest import MANIFEST, DropError, checked_drop, stored_id
-from components.librispeech import ALPHABET, index_librispeech, normalize_transcript, write_chapter
+from components.ingest import MANIFEST, DropError, DropKind, checked_drop, stored_id
+from components.librispeech import ALPHABET, normalize_transcript, write_chapter
 from components.validate import (
     DETAIL,
     ValidationReport,
@@ -198,22 +200,33 @@ def _drop_expectations(cfg: AsrIngest) -> list:
     return [gxe.ExpectTableRowCountToBeBetween(min_value=cfg.min_files)]
 
 
-def held_utterances(folders: list[Path], subsets: Subsets) -> tuple[set[str], dict[str, str]]:
-    """Content sha256 of every audio file, and speaker -> split, of every utterance in the domain folders' subsets.
-
-    A folder or subset that does not exist yet holds nothing; one that exists must read (index_librispeech).
-    """
+def held_utterances(folders: list[Path], subsets: Subsets) -> tuple[set[str], dict[str, str], set[str]]:
+    """Content sha256 of every audio file, speaker -> split, and the words of the training and validation
+    transcripts (the lexicon a drop's transcripts are held to), of every utterance in the domain folders' subsets."""
     hashes: set[str] = set()
     speakers: dict[str, str] = {}
-    for folder in folders:
-        for split in SPLITS:
-            subset = Path(folder) / getattr(subsets, split)
-            if not subset.is_dir():
-                continue
-            for utterance in index_librispeech(subset):
-                hashes.add(hashlib.sha256(utterance.path.read_bytes()).hexdigest())
-                speakers.setdefault(utterance.speaker, split)
-    return hashes, speakers
+    words: set[str] = set()
+    for split, utterance in domain_utterances(folders, subsets):
+        hashes.add(hashlib.sha256(utterance.path.read_bytes()).hexdigest())
+        speakers.setdefault(utterance.speaker, split)
+        if split != "testing":
+            words.update(utterance.text.split())
+    return hashes, speakers, words
+
+
+def transcript_drops(params: Params) -> DropKind:
+    """Speech-to-text drops: audio checked as every track's, transcripts against the alphabet, the words the track
+    already trains on, and the audio's length; a held speaker keeps its split."""
+    asr = params.asr
+    held = cache(lambda: held_utterances([f for folders in speech_domains(params).values() for f in folders],
+                                         asr.subsets))
+    return DropKind(
+        cfg=asr.ingest,
+        read=partial(read_transcribed_drop, validation_percentage=asr.corpus.validation_percentage,
+                     testing_percentage=asr.corpus.testing_percentage),
+        held=lambda: held()[:2],
+        validate=lambda facts, docs: validate_transcribed_drop(facts, asr.ingest, held()[2], docs),
+        write=partial(write_transcribed_files, sample_rate=asr.sample_rate, subsets=asr.subsets))
 
 
 def write_transcribed_files(staging: Path, accepted: list[dict], sample_rate: int, subsets: Subsets) -> None:

@@ -94,10 +94,8 @@ def _champion_score_key(_context: Any, arguments: dict[str, Any]) -> str:
 
 
 @task(name="score_champion", cache_key_fn=_champion_score_key, cache_expiration=timedelta(days=7), **RETRIED)
-def score_champion(params: Params, version: str, training_key: str) -> ChampionScore | None:
-    """Cached by (champion version, data and settings): a rerun after a crash does not score the champion again.
-
-    None for a track whose gate re-scores its champion itself (speech to text): it has no drift figure."""
+def score_champion(params: Params, version: str, training_key: str) -> ChampionScore:
+    """Cached by (champion version, data and settings): a rerun after a crash does not score the champion again."""
     with reaching_store():
         return stages.score_champion(params, version)
 
@@ -128,7 +126,8 @@ def continuous_training(params_path: str = "params.yaml", drop: str | None = Non
         champion = score_champion(params, current, key) if current else None
         drift = champion.drift(domain) if champion else {}
         if champion:
-            print(f"drift: champion v{champion.version} scores " + ", ".join(f"{k} {v:.2%}" for k, v in drift.items()))
+            print(f"drift: champion v{champion.version} {champion.metric} " + ", ".join(f"{k} {v:.2%}"
+                                                                                   for k, v in drift.items()))
         run_id = train(params)
         evaluate(params)
         try:
@@ -136,7 +135,7 @@ def continuous_training(params_path: str = "params.yaml", drop: str | None = Non
         except ParityError as err:
             print(f"export: {err}; the gate will refuse this model")
         report = gate(params, domain, champion)
-        create_markdown_artifact(_flow_report(drift, domain, report.to_markdown()), key="gate-report",
+        create_markdown_artifact(_flow_report(champion, domain, report.to_markdown()), key="gate-report",
                                  description=f"Gate report of run {run_id}")
         decision = decide(params, report, domain)
         verb = "promoted to champion" if decision.promoted else f"refused ({decision.alias})"
@@ -146,13 +145,14 @@ def continuous_training(params_path: str = "params.yaml", drop: str | None = Non
                 "champion_before": current}
 
 
-def _flow_report(drift: dict[str, float], domain: str | None, gate_markdown: str) -> str:
-    if not drift:
+def _flow_report(champion: ChampionScore | None, domain: str | None, gate_markdown: str) -> str:
+    if champion is None:
         return gate_markdown
+    drift = champion.drift(domain)
     rows = [f"| {'new domain ' + domain if k == 'new_domain' else 'known domains (mean)'} | {v:.2%} |"
             for k, v in drift.items()]
-    return "\n".join(["## Drift: the champion on today's test sets", "", "| slice | accuracy |", "|---|---|", *rows,
-                      "", gate_markdown])
+    return "\n".join(["## Drift: the champion on today's test sets", "", f"| slice | {champion.metric} |", "|---|---|",
+                      *rows, "", gate_markdown])
 
 
 def drop_key(drop: Path) -> str:

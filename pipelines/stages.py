@@ -11,7 +11,6 @@ from pathlib import Path
 
 from components.challenge import ChampionScore, Decision, champion_version
 from components.config import Params
-from components.errors import EarshotError
 from components.gate import GateReport
 from components.ingest import IngestReport
 from components.tracks import track_of
@@ -33,16 +32,12 @@ STAGES = {name.removesuffix("_stage"): stage(name) for name in STAGE_NAMES}
 
 def ingest(params: Params, drop: Path, domain: str) -> IngestReport:
     """Validate and ingest a drop of new recordings into `domain`, as the track ingests drops."""
-    track = track_of(params)
-    if track.ingest is None:
-        raise EarshotError(f"{drop}: the {track.title} track takes no drops yet")
-    return track.ingest(params, Path(drop), domain)
+    return track_of(params).ingest(params, Path(drop), domain)
 
 
-def score_champion(params: Params, version: str) -> ChampionScore | None:
-    """Champion `version` re-scored on today's test set, for the tracks that score it before training."""
-    track = track_of(params)
-    return track.score_champion(params, version) if track.score_champion else None
+def score_champion(params: Params, version: str) -> ChampionScore:
+    """Champion `version` re-scored on today's test set: the drift signal and the gate's baseline."""
+    return track_of(params).score_champion(params, version)
 
 
 def gate(params: Params, new_domain: str | None, champion_score: ChampionScore | None) -> GateReport:

@@ -117,7 +117,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 LEARNING_MODULES = {"test_asr_pipeline", "test_asr_train", "test_continuous", "test_custom_keywords",
                     "test_distributed", "test_export", "test_faults", "test_keywords", "test_pipeline",
                     "test_review_ui", "test_scaling", "test_sound_drops", "test_sound_pipeline", "test_sound_train",
-                    "test_train"}
+                    "test_train", "test_transcript_story"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -50,7 +50,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def data(corpus):
     root, _ = corpus
-    return build_asr_data(asr_params(root), "studio_us", root / "studio_us")
+    return build_asr_data(asr_params(root), "studio_us", [root / "studio_us"])
 
 
 def test_loader_reads_every_subset_resampling_and_downmixing(corpus, data, tmp_path):
@@ -78,14 +78,14 @@ def test_data_version_follows_the_transcripts_and_concat_renumbers_domains(corpu
         flac = next((root / "studio_us" / subset).rglob("*-0000.flac"))
         (other / subset / "1" / "1" / "1-1-0000.flac").write_bytes(flac.read_bytes())
         (other / subset / "1" / "1" / "1-1.trans.txt").write_text("1-1-0000 CALL DAD\n")
-    car = build_asr_data(asr_params(root), "car_scottish", other)
+    car = build_asr_data(asr_params(root), "car_scottish", [other])
     assert car.texts == ["call dad"] * 3 and car.version != data.version
     both = AsrData.concat([data, car])
     assert both.domain_names == ["studio_us", "car_scottish"] and both.domains.tolist() == [0] * 17 + [1] * 3
     assert both.split("testing").ids == ["300-7-0000", "1-1-0000"]
     (other / "test" / "1" / "1" / "1-1.trans.txt").write_text("1-1-0000 CALL 911\n")
     with pytest.raises(LibriSpeechError, match="1-1.trans.txt"):
-        build_asr_data(asr_params(root), "car_scottish", other)
+        build_asr_data(asr_params(root), "car_scottish", [other])
 
 
 def test_batches_hold_clips_of_similar_length_in_a_seeded_order():

@@ -120,7 +120,7 @@ def faulty_drop(tmp_path_factory: pytest.TempPathFactory, held: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def faulty_report(faulty_drop: Path, held: Path) -> ValidationReport:
-    hashes, speakers = held_utterances([held], SUBSETS)
+    hashes, speakers, _ = held_utterances([held], SUBSETS)
     facts = facts_frame(read(faulty_drop), hashes, speakers, progress=False)
     # One more accepted file than the drop has: the drop suite counts accepted rows, not rows.
     return validate_transcribed_drop(facts, AsrIngest(min_files=len(GOOD) + 1), LEXICON, faulty_drop.parent / "docs")
@@ -195,7 +195,7 @@ def test_good_drops_of_either_layout_are_accepted_whole(librispeech_drop: Path, 
         sf.write(manifest_drop / f"{number}.wav", voice(1.0, 40 + number), RATE)
     write_manifest(manifest_drop, [("0.wav", "turn left", "600", "training"), ("1.wav", "go down", "601", "validation"),
                                    ("2.wav", "lights on", "602", "testing")])
-    hashes, speakers = held_utterances([held], SUBSETS)
+    hashes, speakers, _ = held_utterances([held], SUBSETS)
     for drop in (manifest_drop, librispeech_drop):
         entries = read(drop)
         facts = facts_frame(entries, hashes, speakers, progress=False)
@@ -264,9 +264,10 @@ def test_a_drop_unusable_as_a_whole_is_a_drop_error_naming_the_file(tmp_path: Pa
 
 
 def test_held_utterances_are_hashed_with_their_speakers_split(held: Path, tmp_path: Path) -> None:
-    hashes, speakers = held_utterances([held, tmp_path / "not yet ingested"], SUBSETS)
+    hashes, speakers, words = held_utterances([held, tmp_path / "not yet ingested"], SUBSETS)
     assert hashes == {hashlib.sha256(p.read_bytes()).hexdigest() for p in held.rglob("*.flac")} and len(hashes) == 3
     assert speakers == {"100": "training", "200": "testing"}
+    assert words == {"turn", "left", "go", "up"}  # the test transcripts are not the lexicon's
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -311,5 +312,5 @@ def test_written_utterances_add_to_a_hard_linked_tree_without_touching_the_live_
     assert [u.id for u in index_librispeech(staging / SUBSETS.validation)] == ["501-1-0000"]
     settings = tiny_settings(tmp_path)
     settings["asr"]["subsets"] = SUBSETS.model_dump()
-    data = build_asr_data(Params.model_validate(settings), "lab", staging)
+    data = build_asr_data(Params.model_validate(settings), "lab", [staging])
     assert sorted(data.texts) == sorted(["turn left", "go up", "turn right", "lights off", "go down", "stop"])

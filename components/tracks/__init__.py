@@ -38,20 +38,18 @@ class Track:
     train: Callable[[Params], str]  # returns the MLflow run id
     evaluate: Stage
     export: Stage
-    # The champion re-scored on today's test set before training: the drift signal and the gate's baseline. None:
-    # the track's gate re-scores the champion itself, and there is no drift figure before training.
-    score_champion: Callable[[Params, str], ChampionScore] | None
+    # The champion re-scored on today's test set before training: the drift signal and the gate's baseline.
+    score_champion: Callable[[Params, str], ChampionScore]
     gate: Callable[[Params, str | None, ChampionScore | None], GateReport]
     version_figures: Callable[[Params], tuple[dict[str, str], str]]  # a version's tags and its card's summary line
     summary_rows: Callable[[dict, dict], list[tuple[str, str]]]  # (metrics.json, export.json) -> table rows
-    # Validate and ingest a drop of new recordings into a domain; None: the track takes no drops yet.
-    ingest: Callable[[Params, Path, str], IngestReport] | None = None
+    ingest: Callable[[Params, Path, str], IngestReport]  # validate and ingest a drop of new recordings into a domain
 
     def gate_stage(self, params: Params) -> GateReport:
         """DVC's gate stage: the exported challenger against whichever model is champion now (absolute checks if
         there is none)."""
         version = champion_version(params)
-        scored = self.score_champion(params, version) if version and self.score_champion else None
+        scored = self.score_champion(params, version) if version else None
         return self.gate(params, None, scored)
 
     def decide(self, params: Params, report: GateReport, new_domain: str | None) -> Decision:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -16,18 +17,17 @@ import pandas as pd
 import torch
 
 from components.asr_corpus import synthesize_asr_corpus
-from components.asr_data import AsrData, build_asr_data
+from components.asr_data import AsrData, build_asr_data, domain_utterances, speech_domains
 from components.asr_export import (
     TranscriberExport,
     export_transcriber,
     onnx_log_probs,
-    score_variant,
     torch_log_probs,
     transcribe,
 )
 from components.asr_model import Transcriber, load_transcriber, pad_batch
 from components.asr_train import ASR_TRAINING, train_transcriber
-from components.challenge import record_gate
+from components.challenge import ChampionScore, record_gate
 from components.config import AsrModel, Params
 from components.ctc import BeamDecoder
 from components.dataset import SHARD_INDEX, SPLITS, read_audio
@@ -35,10 +35,10 @@ from components.errors import EarshotError
 from components.evaluate import plot_domain_wer
 from components.export import INT8_FILE
 from components.files import write_csv, write_text_atomically
-from components.gate import GateReport, TranscriberCandidate, gate_transcriber
-from components.librispeech import index_librispeech
+from components.gate import GateReport, TranscriberCandidate, gate_transcriber, pin_golden
+from components.ingest import IngestReport, data_version
 from components.model import count_parameters, save_model
-from components.registry import champion, deployable_files, registry_client
+from components.registry import deployable_files, registry_client
 from components.review import MISTAKES, ReviewClip
 from components.runs import (
     console,
@@ -49,6 +49,7 @@ from components.runs import (
     record_package,
     record_training,
     run_file,
+    versioned_ingest,
     write_json,
 )
 from components.serving import CARD_FILE
@@ -56,6 +57,7 @@ from components.shards import refresh_shards
 from components.tracking import KWS_SETTINGS, resume_run, training_run
 from components.tracks import Track
 from components.train import run_fingerprint
+from components.transcript_drops import transcript_drops
 from components.wer import WerReport, score_transcripts
 
 UTTERANCE = "utterance"  # the one label of a speech-to-text data set, for its Data Docs
@@ -69,25 +71,30 @@ def synthesize(params: Params) -> dict[str, Path]:
 
 
 def featurize(params: Params) -> dict[str, str]:
-    """One shard of log-mels and transcripts per domain; a domain whose files and settings are unchanged is kept."""
+    """One shard of log-mels and transcripts per domain (asr.domains and ingested drops); a domain whose files and
+    settings are unchanged is kept."""
     cfg = params.asr
     settings = json.dumps([cfg.sample_rate, cfg.features.model_dump(), cfg.subsets.model_dump()])
+    domains = speech_domains(params)
 
     def build(domain: str) -> AsrData:
-        console.print(f"featurizing {domain} from {cfg.domains[domain]}", highlight=False)
-        return build_asr_data(params, domain, Path(cfg.domains[domain]))
+        console.print(f"featurizing {domain} from {', '.join(map(str, domains[domain]))}", highlight=False)
+        return build_asr_data(params, domain, domains[domain])
 
-    fingerprints = {domain: _folder_fingerprint(Path(folder), settings) for domain, folder in cfg.domains.items()}
-    return refresh_shards(params.out.features, fingerprints, build, ", ".join(map(str, cfg.domains.values())),
-                          "utterances")
+    fingerprints = {domain: _folder_fingerprint(folders, settings) for domain, folders in domains.items()}
+    return refresh_shards(params.out.features, fingerprints, build,
+                          ", ".join(str(f) for folders in domains.values() for f in folders), "utterances")
 
 
-def _folder_fingerprint(folder: Path, settings: str) -> str:
-    if not folder.is_dir():
-        raise EarshotError(f"{folder}: no such folder (asr.domains); run the synthesize stage or fix the path")
-    lines = [settings] + [f"{p.relative_to(folder)} {hashlib.sha256(p.read_bytes()).hexdigest()}"
-                          for p in sorted(folder.rglob("*")) if p.is_file()]
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+def _folder_fingerprint(folders: list[Path], settings: str) -> str:
+    if not folders[0].is_dir():
+        raise EarshotError(f"{folders[0]}: no such folder (asr.domains); run the synthesize stage or fix the path")
+    return hashlib.sha256(f"{settings} {data_version(dict(enumerate(folders)))}".encode()).hexdigest()[:16]
+
+
+def ingest(params: Params, drop: Path, domain: str) -> IngestReport:
+    """Validate and ingest a drop of transcribed speech into `domain`, version it in DVC and git, log it to MLflow."""
+    return versioned_ingest(params, transcript_drops(params), drop, domain)
 
 
 def load_data(params: Params) -> AsrData:
@@ -100,8 +107,8 @@ def load_data(params: Params) -> AsrData:
 def utterance_files(params: Params) -> pd.DataFrame:
     """Every utterance file of every domain's subsets, with its id, domain and split (label: `utterance`)."""
     rows = [{"file": str(u.path), "id": u.id, "label": UTTERANCE, "domain": domain, "split": split}
-            for domain, folder in params.asr.domains.items() for split in SPLITS
-            for u in index_librispeech(Path(folder) / getattr(params.asr.subsets, split))]
+            for domain, folders in speech_domains(params).items()
+            for split, u in domain_utterances(folders, params.asr.subsets)]
     return pd.DataFrame(rows, columns=["file", "id", "label", "domain", "split"])
 
 
@@ -204,41 +211,54 @@ def export(params: Params) -> TranscriberExport:
     return report
 
 
-def challenger(params: Params) -> TranscriberCandidate:
-    """The exported challenger as the gate sees it, from the export report."""
+def challenger(params: Params, test: AsrData, golden: dict[str, str]) -> TranscriberCandidate:
+    """The exported challenger as the gate sees it: the export report's figures, and its INT8 transcripts of the
+    golden utterances."""
     figures = read_json(params.out.reports / "export.json")
     int8 = next(row for row in figures["variants"] if row["name"] == "onnx_int8")
+    model, card = load_transcriber(model_file(params))
+    pinned = [i for i, utterance in enumerate(test.ids) if utterance in golden]
+    answers, _ = transcribe(onnx_log_probs(params.out.model_dir / INT8_FILE), model,
+                            replace(test, mels=[test.mels[i] for i in pinned]), decoder_for(card, params))
     return TranscriberCandidate(int8["wer"], int8["per_domain"], figures["int8_wer_gap_points"], int8["rtf"],
-                                int8["size_bytes"])
+                                int8["size_bytes"], dict(zip([test.ids[i] for i in pinned], answers, strict=True)))
 
 
-def score_champion(params: Params) -> tuple[str, TranscriberCandidate] | None:
-    """The champion's INT8 model re-scored on today's test split (None without a champion)."""
+def score_champion(params: Params, version: str) -> ChampionScore:
+    """Champion `version`'s INT8 model re-scored on today's test split: WER per domain, and every transcript."""
     client, name = registry_client(params.mlflow), params.mlflow.registered_model
-    current = champion(client, name)
-    if current is None:
-        return None
     test = load_data(params).split("testing")
     with tempfile.TemporaryDirectory() as scratch:
-        folder = deployable_files(client, name, str(current.version), Path(scratch))
+        folder = deployable_files(client, name, version, Path(scratch))
         card = read_json(folder / CARD_FILE)
         # Only the champion's own context sizes are needed to feed its ONNX file; its weights are in the file.
         shape = Transcriber(card["features"]["n_mels"], AsrModel(**card["model"]))
-        report, _ = score_variant(onnx_log_probs(folder / INT8_FILE), shape, test, decoder_for(card, params))
-    tags = current.tags
-    return str(current.version), TranscriberCandidate(
+        hypotheses, _ = transcribe(onnx_log_probs(folder / INT8_FILE), shape, test, decoder_for(card, params))
+    report = score_transcripts(test.ids, test.texts, hypotheses, [test.domain_names[d] for d in test.domains])
+    tags = client.get_model_version(name, version).tags
+    return ChampionScore(version, hypotheses, TranscriberCandidate(
         report.wer, {d: w.wer for d, w in report.per_domain.items()}, float(tags.get("int8_wer_gap_points", "nan")),
-        float(tags.get("int8_rtf", "nan")), int(tags.get("int8_size_bytes", 0)))
+        float(tags.get("int8_rtf", "nan")), int(tags.get("int8_size_bytes", 0))), metric="WER")
 
 
-def gate(params: Params, new_domain: str | None = None, champion_score: None = None) -> GateReport:
-    """The WER gate against the current champion, which it re-scores itself (this track has no `score_champion`, so
-    the loop passes no `champion_score`); writes reports/asr/gate.{json,md} and logs them to the run."""
-    scored = score_champion(params)
-    candidate = challenger(params)
-    report = gate_transcriber(candidate, scored[1] if scored else None, params.asr.gate, new_domain)
+def gate(params: Params, new_domain: str | None, champion_score: ChampionScore | None) -> GateReport:
+    """The WER gate against the champion as re-scored on today's test split (absolute checks if there is none), with
+    golden utterances of the known domains; writes reports/asr/gate.{json,md} and logs them to the run."""
+    test = load_data(params).split("testing")
+    golden = {} if champion_score is None else pin_golden(
+        {utterance: reference for utterance, reference, answer, domain
+         in zip(test.ids, test.texts, champion_score.answers, test.domains.tolist(), strict=True)
+         if answer == reference and test.domain_names[domain] != new_domain},
+        params.asr.gate.golden_utterances, params.seed)
+    candidate = challenger(params, test, golden)
+    before = champion_score.candidate if champion_score else None
+    report = gate_transcriber(candidate, before, params.asr.gate, new_domain, golden)
+    metrics = {f"int8.test_wer.{d}": v for d, v in candidate.per_domain.items()}
+    if champion_score is not None:
+        metrics |= ({f"drift.champion_wer.{k}": v for k, v in champion_score.drift(new_domain).items()}
+                    | {f"champion.test_wer.{d}": v for d, v in before.per_domain.items()})
     record_gate(params, report, "INT8 WER", candidate.per_domain,
-                (scored[0], scored[1].per_domain) if scored else None, {})
+                (champion_score.version, before.per_domain) if champion_score else None, metrics)
     return report
 
 
@@ -264,5 +284,5 @@ def summary_rows(metrics: dict, exported: dict) -> list[tuple[str, str]]:
 
 
 TRACK = Track(name="asr", title="speech to text", synthesize=synthesize, featurize=featurize,
-              training_key=training_key, train=train, evaluate=evaluate, export=export, score_champion=None,
-              gate=gate, version_figures=version_figures, summary_rows=summary_rows)
+              training_key=training_key, train=train, evaluate=evaluate, export=export, score_champion=score_champion,
+              gate=gate, version_figures=version_figures, summary_rows=summary_rows, ingest=ingest)
