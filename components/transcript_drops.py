@@ -11,16 +11,19 @@ import csv
 import hashlib
 import io
 import os
+import shutil
+import tempfile
 from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from components.asr_corpus import synthesize_asr_corpus
 from components.asr_data import domain_utterances, speech_domains
 from components.config import AsrIngest, Params, Subsets
 from components.dataset import SPLITS, read_audio, which_set
-from components.files import contained_file
+from components.files import contained_file, write_csv
 from components.ingest import MANIFEST, DropError, DropKind, checked_drop, stored_id
 from components.librispeech import ALPHABET, normalize_transcript, write_chapter
 from components.validate import (
@@ -253,3 +256,28 @@ def _new_chapter(staging: Path, subset_folders: list[str], speaker: str) -> str:
     """A chapter id the speaker has in no subset of the tree: one past its highest numbered chapter."""
     taken = [p.name for folder in subset_folders for p in (staging / folder / speaker).glob("*")]
     return str(max((int(name) for name in taken if name.isdigit()), default=0) + 1)
+
+
+def write_transcribed_drop(params: Params, domain: str, folder: Path, speakers: int, seed: int,
+                           misaligned: bool = False) -> Path:
+    """A manifest drop (path,transcript,speaker,split) of `speakers` new speakers of the synthesis recipe `domain`
+    saying grammar sentences, each split as the corpus plans it; misaligned: every transcript is the next
+    utterance's, as an export shifted by one line would give."""
+    settings = params.model_dump(mode="json") | {"seed": seed, "track": "asr"}
+    with tempfile.TemporaryDirectory() as scratch:
+        settings["synthesis"]["out_dir"] = scratch
+        settings["asr"]["corpus"] |= {"domains": [domain], "speakers_per_domain": speakers}
+        corpus = Params.model_validate(settings)
+        [tree] = synthesize_asr_corpus(corpus, progress=False).values()
+        rows = []
+        for split, utterance in domain_utterances([tree], corpus.asr.subsets):
+            target = Path(folder) / "audio" / utterance.path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(utterance.path, target)
+            rows.append({"path": f"audio/{target.name}", "transcript": utterance.text, "speaker": utterance.speaker,
+                         "split": split})
+    if misaligned:
+        texts = [row["transcript"] for row in rows]
+        rows = [row | {"transcript": texts[(i + 1) % len(texts)]} for i, row in enumerate(rows)]
+    write_csv(Path(folder) / MANIFEST, rows, [*MANIFEST_COLUMNS, "split"])
+    return Path(folder)

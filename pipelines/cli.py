@@ -237,7 +237,8 @@ def worker(
 @app.command()
 def demo(
     params: ParamsOption = Path("params.yaml"),
-    track: Annotated[str, typer.Option(help="Whose story: kws (keywords), esc (sound events).")] = "kws",
+    track: Annotated[str, typer.Option(help="Whose story: kws (keywords), esc (sound events), asr (speech "
+                                            "to text).")] = "kws",
 ) -> None:
     """The continuous-training story in a workspace of its own: baseline, a good drop promoted, a bad one refused."""
     from pipelines.demo import run_demo, stage_table, story_table

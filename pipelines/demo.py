@@ -1,8 +1,9 @@
 """The continuous-training story `make demo` tells, in a workspace of its own (git + DVC repo, MLflow store, remote).
 
 A model trained on the baseline domains meets a drop of a new domain it scores badly on, is retrained, gated and
-promoted; then a drop with shuffled labels passes validation, and the gate refuses the model trained on it. The
-keyword track tells it by default; each track in STORIES tells the same three steps with its own data.
+promoted; then a drop with shuffled labels (for speech, transcripts shifted by one) passes validation, and the gate
+refuses the model trained on it. The keyword track tells it by default; each track in STORIES tells the same three
+steps with its own data.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from components.drops import write_drop
 from components.registry import champion, registry_client
 from components.sound_drops import write_sound_drop
 from components.tracks import track_of
+from components.transcript_drops import write_transcribed_drop
 from pipelines.flows import continuous_training
 
 if TYPE_CHECKING:
@@ -38,10 +40,11 @@ DVC_REMOTE = "dvc-remote"
 class StoryStep:
     step: str
     domain: str | None  # the drop's domain
+    metric: str  # what drift and challenger hold per domain: accuracy, or wer
     outcome: str  # promoted / refused / skipped
     version: str
     drift: dict[str, float]  # the champion before the step, on the new domain vs the known ones
-    challenger: dict[str, float]  # INT8 test accuracy per domain, "overall" first
+    challenger: dict[str, float]  # INT8 test figure per domain, "overall" first
     by_source: dict[str, float]  # the challenger's test accuracy per voice source (synthesizer, "recorded")
     failures: list[str]
     champion_after: str
@@ -78,12 +81,34 @@ def sound_workspace_params(params: Params) -> Params:
     return Params.model_validate(settings)
 
 
+def speech_workspace_params(params: Params) -> Params:
+    """The speech-to-text demo's params: demo.asr's baseline domains at its corpus size, model, epochs and gate."""
+    story = params.demo.asr
+    settings = params.model_dump(mode="json") | {"track": "asr"}
+    recipes = params.synthesis.domains | params.synthesis.drop_domains
+    unknown = [d for d in [*story.baseline_domains, story.good_drop, story.bad_drop] if d not in recipes]
+    if unknown:
+        raise ConfigError(f"demo.asr: domain(s) {', '.join(unknown)} have no recipe in synthesis.domains/drop_domains")
+    asr = settings["asr"]
+    asr["corpus"] |= {"domains": story.baseline_domains, "speakers_per_domain": story.speakers_per_domain,
+                      "utterances_per_speaker": story.utterances_per_speaker}
+    asr["domains"] = {d: str(params.synthesis.out_dir / "asr" / d) for d in story.baseline_domains}
+    asr["model"] = story.model.model_dump()
+    asr["train"]["epochs"] = story.epochs
+    asr["gate"] = story.gate.model_dump()
+    return Params.model_validate(settings)
+
+
 def write_keyword_drop(demo: Params, domain: str, folder: Path, number: int, mislabeled: bool) -> None:
     write_drop(demo, domain, folder, speakers=demo.demo.drop_speakers, drop_seed=number, shuffled_labels=mislabeled)
 
 
 def write_sound_story_drop(demo: Params, domain: str, folder: Path, number: int, mislabeled: bool) -> None:
     write_sound_drop(demo, domain, folder, demo.demo.esc.drop_clips_per_class, demo.seed + 1000 * number, mislabeled)
+
+
+def write_speech_story_drop(demo: Params, domain: str, folder: Path, number: int, mislabeled: bool) -> None:
+    write_transcribed_drop(demo, domain, folder, demo.demo.asr.drop_speakers, demo.seed + 1000 * number, mislabeled)
 
 
 @dataclass(frozen=True)
@@ -94,6 +119,8 @@ class Story:
     baseline: Callable[[Params], list[str]]
     drops: Callable[[Params], tuple[str, str]]  # the good drop's domain, then the mislabeled one's
     write_drop: Callable[[Params, str, Path, int, bool], None]  # (params, domain, folder, number, mislabeled)
+    metric: str = "accuracy"  # the gate report's figure per domain: accuracy, or wer
+    poisoned: str = "labels shuffled"  # what is wrong with the second drop
 
 
 STORIES = {
@@ -101,6 +128,9 @@ STORIES = {
                  lambda demo: (demo.demo.good_drop, demo.demo.bad_drop), write_keyword_drop),
     "esc": Story(sound_workspace_params, lambda demo: list(demo.esc.corpus.domains),
                  lambda demo: (demo.demo.esc.good_drop, demo.demo.esc.bad_drop), write_sound_story_drop),
+    "asr": Story(speech_workspace_params, lambda demo: list(demo.asr.domains),
+                 lambda demo: (demo.demo.asr.good_drop, demo.demo.asr.bad_drop), write_speech_story_drop, "wer",
+                 "transcripts shifted"),
 }
 
 
@@ -147,18 +177,19 @@ def run_demo(params: Params, track: str = "kws") -> list[StoryStep]:
         _run(["git", "add", "-A"], workspace)
         _run(["git", "commit", "-q", "-m", "data: baseline corpus"], workspace)
         before = {"synthesize corpus": time.perf_counter() - start}
-        steps.append(_step(demo, f"train on {', '.join(story.baseline(demo))}", None, None, before))
+        steps.append(_step(demo, story.metric, f"train on {', '.join(story.baseline(demo))}", None, None, before))
         for number, (domain, mislabeled) in enumerate(zip(story.drops(demo), (False, True), strict=True), 1):
             drop = demo.incoming / domain / f"drop-{number:03d}"
             start = time.perf_counter()
             story.write_drop(demo, domain, drop, number, mislabeled)
-            label = f"drop of {domain}" + (" (labels shuffled)" if mislabeled else "")
-            steps.append(_step(demo, label, drop, domain, {"record drop": time.perf_counter() - start}))
+            label = f"drop of {domain}" + (f" ({story.poisoned})" if mislabeled else "")
+            steps.append(_step(demo, story.metric, label, drop, domain, {"record drop": time.perf_counter() - start}))
         _run([sys.executable, "-m", "dvc", "push", "-q"], workspace)
     return steps
 
 
-def _step(params: Params, label: str, drop: Path | None, domain: str | None, before: dict[str, float]) -> StoryStep:
+def _step(params: Params, metric: str, label: str, drop: Path | None, domain: str | None,
+          before: dict[str, float]) -> StoryStep:
     """One retraining; `before` holds the demo's own work that led up to it (recording the data), timed by stage."""
     start = time.perf_counter()
     state = continuous_training("params.yaml", str(drop) if drop else None, domain, return_state=True)
@@ -168,12 +199,13 @@ def _step(params: Params, label: str, drop: Path | None, domain: str | None, bef
     # What no task covers: starting the flow run (and a local Prefect server the first time), bookkeeping, the lock.
     stages = before | tasks | {"orchestration": flow_seconds - sum(tasks.values())}
     gate = json.loads(outcome["gate"])
-    challenger = {"overall": gate["challenger"]["accuracy"]} | gate["challenger"]["per_domain"]
+    challenger = {"overall": gate["challenger"][metric]} | gate["challenger"]["per_domain"]
     current = champion(registry_client(params.mlflow), params.mlflow.registered_model)
     failures = [check["name"] for check in gate["checks"] if not check["passed"]]
     by_source = json.loads((params.out.reports / "metrics.json").read_text()).get("per_engine", {})
-    return StoryStep(label, domain, outcome["outcome"], outcome["version"], outcome["drift"], challenger, by_source,
-                     failures, current.version if current else "none", flow_seconds + sum(before.values()), stages)
+    return StoryStep(label, domain, metric, outcome["outcome"], outcome["version"], outcome["drift"], challenger,
+                     by_source, failures, current.version if current else "none",
+                     flow_seconds + sum(before.values()), stages)
 
 
 def task_seconds(flow_run_id: UUID) -> dict[str, float]:
@@ -209,7 +241,8 @@ def stage_table(steps: list[StoryStep]) -> Table:
 def story_table(steps: list[StoryStep]) -> Table:
     """One row per step; every per-domain figure and check is in the gate report of the step's MLflow run."""
     table = Table(title="earshot · continuous training story", title_justify="left")
-    for column in ("step", "old champion: new / known domains", "challenger: overall / new domain",
+    metric = steps[0].metric if steps else "accuracy"
+    for column in ("step", f"old champion {metric}: new / known domains", f"challenger {metric}: overall / new domain",
                    "challenger by voice source", "gate", "champion", "time"):
         table.add_column(column)
     for s in steps:
