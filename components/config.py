@@ -403,7 +403,7 @@ class SpeechDemo(Strict):
     utterances_per_speaker: PositiveInt = 10
     drop_speakers: PositiveInt = 24
     model: AsrModel = AsrModel(channels=96, blocks=4)
-    epochs: PositiveInt = 25
+    epochs: PositiveInt = 25  # all of them: a training this short is not stopped early
     # Two test speakers per domain and a model trained for minutes: the product's 15 % WER is out of reach, and a
     # drop whose transcripts are shifted scores near 100 % on its domain (see the README's run).
     gate: AsrGate = AsrGate(max_new_domain_wer=0.5, max_domain_wer_increase_points=5.0, max_int8_wer_gap_points=2.0)

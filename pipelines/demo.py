@@ -82,7 +82,8 @@ def sound_workspace_params(params: Params) -> Params:
 
 
 def speech_workspace_params(params: Params) -> Params:
-    """The speech-to-text demo's params: demo.asr's baseline domains at its corpus size, model, epochs and gate."""
+    """The speech-to-text demo's params: demo.asr's baseline domains at its corpus size, model, epochs (never stopped
+    early) and gate."""
     story = params.demo.asr
     settings = params.model_dump(mode="json") | {"track": "asr"}
     recipes = params.synthesis.domains | params.synthesis.drop_domains
@@ -94,7 +95,7 @@ def speech_workspace_params(params: Params) -> Params:
                       "utterances_per_speaker": story.utterances_per_speaker}
     asr["domains"] = {d: str(params.synthesis.out_dir / "asr" / d) for d in story.baseline_domains}
     asr["model"] = story.model.model_dump()
-    asr["train"]["epochs"] = story.epochs
+    asr["train"] |= {"epochs": story.epochs, "patience": story.epochs}
     asr["gate"] = story.gate.model_dump()
     return Params.model_validate(settings)
 
