@@ -404,9 +404,10 @@ class SpeechDemo(Strict):
     drop_speakers: PositiveInt = 24
     model: AsrModel = AsrModel(channels=96, blocks=4)
     epochs: PositiveInt = 25  # all of them: a training this short is not stopped early
-    # Two test speakers per domain and a model trained for minutes: the product's 15 % WER is out of reach, and a
-    # drop whose transcripts are shifted scores near 100 % on its domain (see the README's run).
-    gate: AsrGate = AsrGate(max_new_domain_wer=0.5, max_domain_wer_increase_points=5.0, max_int8_wer_gap_points=2.0)
+    # A model trained for a minute on 240 sentences spells ~60-75 % of words wrong: the product's 15 % is out of
+    # reach. Its bar sits between a domain it has learned (~58 % in the README's run) and a drop whose transcripts
+    # are shifted (~96-99 % on its own references): the story shows the loop, not a usable transcriber.
+    gate: AsrGate = AsrGate(max_new_domain_wer=0.7, max_domain_wer_increase_points=5.0, max_int8_wer_gap_points=2.0)
 
 
 class SoundDomain(Strict):

@@ -250,7 +250,7 @@ def test_the_speech_demo_tells_the_three_step_story_in_a_repo_of_its_own(prefect
     assert [s.step for s in steps] == ["train on studio_us", "drop of car_scottish",
                                        "drop of kitchen_caribbean (transcripts shifted)"]
     assert steps[0].outcome == "promoted" and steps[0].metric == "wer"
-    # Each transcript of the shifted drop belongs to another utterance: its domain's WER is far above the gate's 50 %.
+    # Each transcript of the shifted drop belongs to another utterance: its domain's WER is far above half.
     assert steps[2].outcome == "refused" and steps[2].challenger["kitchen_caribbean"] > 0.5
     assert str(steps[2].champion_after) == (steps[1].version if steps[1].outcome == "promoted" else steps[0].version)
     assert set(steps[1].drift) == {"new_domain", "known_domains"}
