@@ -20,7 +20,7 @@ import pytest
 import soundfile as sf
 import yaml
 
-from components.config import Params, load_params
+from components.config import Ingest, Params, load_params
 from components.files import write_csv
 from components.ingest import DropError, ingest_drop, ledger_rows
 from components.registry import champion, registry_client
@@ -128,9 +128,10 @@ def project(tmp_path) -> Params:
     return Params.model_validate(settings)
 
 
-def quarantine_reasons(params: Params, drop: Path) -> dict[str, dict[str, str]]:
-    [row] = [r for r in ledger_rows(params.esc.ingest.root) if r["source"] == str(drop)]
-    folder = next(Path(params.esc.ingest.quarantine).glob(f"{drop.name}-{row['drop_id'][:8]}"))
+def quarantine_reasons(ingest: Ingest, drop: Path) -> dict[str, dict[str, str]]:
+    """file -> its row of reasons.csv, in the quarantine of the drop `ingest`'s ledger lists."""
+    [row] = [r for r in ledger_rows(ingest.root) if r["source"] == str(drop)]
+    folder = next(Path(ingest.quarantine).glob(f"{drop.name}-{row['drop_id'][:8]}"))
     return {r["file"]: r for r in csv.DictReader((folder / "reasons.csv").open())}
 
 
@@ -142,7 +143,7 @@ def test_a_faulty_class_folder_drop_quarantines_each_bad_file_and_publishes_the_
     done = earshot(["ingest", str(drop), "--domain", "lab_b", "--params", str(tmp_path / "params.yaml")], tmp_path)
     assert done.returncode == 0, done.stderr
     assert tree_digest(drop) == originals
-    reasons = quarantine_reasons(project, drop)
+    reasons = quarantine_reasons(project.esc.ingest, drop)
     assert set(reasons) == set(faults)
     for file, column in faults.items():
         assert f"({column})" in reasons[file]["expectation"], (file, reasons[file])
@@ -211,6 +212,14 @@ def git(args: list[str], cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
 
 
+def init_story_repo(root: Path) -> None:
+    """A git + DVC repo at `root` with a test identity, for a story's data commits."""
+    git(["init", "-q"], root)
+    git(["config", "user.email", "test@earshot"], root)
+    git(["config", "user.name", "earshot test"], root)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+
+
 @pytest.fixture(scope="module")
 def sound_story(prefect_api, tmp_path_factory):
     """In a git + DVC repo: a baseline on lab_a, a good drop of lab_b (with faults planted), then a mislabeled drop
@@ -219,10 +228,7 @@ def sound_story(prefect_api, tmp_path_factory):
     cwd = Path.cwd()
     os.chdir(root)  # MLflow puts a sqlite store's artifacts under the working directory
     try:
-        git(["init", "-q"], root)
-        git(["config", "user.email", "test@earshot"], root)
-        git(["config", "user.name", "earshot test"], root)
-        subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+        init_story_repo(root)
         settings = esc_settings(root)
         settings["continuous"] = {"incoming": str(root / "incoming"), "lock": str(root / "retrain.lock")}
         write_base(root / "base/lab_a", 400.0, 3, "lab_a")
@@ -252,7 +258,7 @@ def test_a_good_sound_drop_is_versioned_in_dvc_and_its_new_domain_promoted(sound
     assert good["drift"]["new_domain"] < 0.5 <= good["drift"]["known_domains"]
     root, params = sound_story["root"], sound_story["params"]
     assert tree_digest(sound_story["good_drop"]) == sound_story["originals"]
-    reasons = quarantine_reasons(params, sound_story["good_drop"])
+    reasons = quarantine_reasons(params.esc.ingest, sound_story["good_drop"])
     assert set(reasons) == set(sound_story["faults"])
     assert (Path(params.esc.ingest.root) / "lab_b.dvc").is_file()
     assert "ingest drop-1 into lab_b" in git(["log", "--format=%s"], root)
