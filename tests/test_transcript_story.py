@@ -49,7 +49,7 @@ def spoken(text: str, rng: np.random.Generator) -> np.ndarray:
             pieces += [0.3 * np.sin(2 * np.pi * pitch * t), np.zeros(int(GAP_S * RATE))]
         pieces.append(np.zeros(int(SPACE_S * RATE)))
     wave = np.concatenate(pieces)
-    return (wave + 0.003 * rng.standard_normal(wave.size)).astype(np.float32)
+    return wave.astype(np.float32)
 
 
 def sentences(count: int, rng: np.random.Generator) -> list[str]:
@@ -137,7 +137,9 @@ def story_settings() -> dict:
     asr = settings["asr"]
     asr["domains"] = {"lab_a": "base/lab_a"}
     asr["corpus"]["domains"] = ["studio_us"]
-    asr["model"] |= {"channels": 96, "blocks": 3}
+    # No dropout, and silence between letters that is digital silence as the model's padding is: with dropout 0.1
+    # and a -50 dBFS noise floor, 2 of 5 seeds' baselines stuck near 45 % WER, each on the first word of utterances.
+    asr["model"] |= {"channels": 96, "blocks": 3, "dropout": 0.0}
     asr["train"] |= {"epochs": 100, "patience": 100, "batch_size": 8}
     asr["export"] |= {"calibration_clips": 16, "latency_runs": 3}
     # A test domain holds 2 or 3 speakers of 6 to 10 utterances (~40 words, one wrong word ~2.5 points), and a model
