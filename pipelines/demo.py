@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,14 +52,20 @@ class StoryStep:
     stages: dict[str, float]  # wall seconds per stage: the flow's tasks as Prefect recorded them, and the demo's own
 
 
+def require_recipes(section: str, domains: list[str], recipes: Mapping[str, object], where: str) -> None:
+    """A ConfigError naming every domain of the story in `section` that has no synthesis recipe in `where`."""
+    unknown = [d for d in domains if d not in recipes]
+    if unknown:
+        raise ConfigError(f"{section}: domain(s) {', '.join(unknown)} have no recipe in {where}")
+
+
 def workspace_params(params: Params) -> Params:
     """The keyword demo's params: only the baseline domains in the corpus; every other recipe arrives as a drop."""
     settings = params.model_dump(mode="json") | {"track": "kws"}
     recipes = settings["synthesis"]["domains"] | settings["synthesis"]["drop_domains"]
     baseline = params.demo.baseline_domains
-    unknown = [d for d in [*baseline, params.demo.good_drop, params.demo.bad_drop] if d not in recipes]
-    if unknown:
-        raise ConfigError(f"demo: domain(s) {', '.join(unknown)} have no recipe in synthesis.domains/drop_domains")
+    require_recipes("demo", [*baseline, params.demo.good_drop, params.demo.bad_drop], recipes,
+                    "synthesis.domains/drop_domains")
     settings["synthesis"]["domains"] = {d: recipes[d] for d in baseline}
     settings["synthesis"]["drop_domains"] = {d: r for d, r in recipes.items() if d not in baseline}
     settings["dataset"]["domains"] = {d: str(params.synthesis.out_dir / "kws" / d) for d in baseline}
@@ -71,9 +77,8 @@ def sound_workspace_params(params: Params) -> Params:
     for demo.esc.epochs and gated by demo.esc.gate."""
     story = params.demo.esc
     settings = params.model_dump(mode="json") | {"track": "esc"}
-    unknown = [d for d in (story.good_drop, story.bad_drop) if d not in params.esc.corpus.drop_domains]
-    if unknown:
-        raise ConfigError(f"demo.esc: domain(s) {', '.join(unknown)} have no recipe in esc.corpus.drop_domains")
+    require_recipes("demo.esc", [story.good_drop, story.bad_drop], params.esc.corpus.drop_domains,
+                    "esc.corpus.drop_domains")
     settings["esc"]["corpus"]["clips_per_class"] = story.clips_per_class
     settings["esc"]["cv_folds"] = story.cv_folds
     settings["esc"]["train"]["epochs"] = story.epochs
@@ -87,9 +92,8 @@ def speech_workspace_params(params: Params) -> Params:
     story = params.demo.asr
     settings = params.model_dump(mode="json") | {"track": "asr"}
     recipes = params.synthesis.domains | params.synthesis.drop_domains
-    unknown = [d for d in [*story.baseline_domains, story.good_drop, story.bad_drop] if d not in recipes]
-    if unknown:
-        raise ConfigError(f"demo.asr: domain(s) {', '.join(unknown)} have no recipe in synthesis.domains/drop_domains")
+    require_recipes("demo.asr", [*story.baseline_domains, story.good_drop, story.bad_drop], recipes,
+                    "synthesis.domains/drop_domains")
     asr = settings["asr"]
     asr["corpus"] |= {"domains": story.baseline_domains, "speakers_per_domain": story.speakers_per_domain,
                       "utterances_per_speaker": story.utterances_per_speaker}
