@@ -23,6 +23,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
+from mlflow.tracking._model_registry import utils as registry_uris
 from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
 
@@ -184,15 +185,20 @@ def one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def own_tracking_uri() -> Iterator[None]:
-    """Put MLFLOW_TRACKING_URI back after every test: mlflow.set_tracking_uri exports it, earshot takes it for the
-    user's choice of store, and one test leaving it set sent later tests of its worker to another test's store."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+def own_mlflow_uris() -> Iterator[None]:
+    """Put the MLflow tracking and registry URIs back after every test: mlflow.set_tracking_uri and set_registry_uri
+    export them, earshot takes them for the user's choice of store, and one test leaving them set sent later tests of
+    its worker (and their subprocesses) to another test's store, where a registry search found no versions."""
+    before = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    registry = registry_uris._registry_uri
     yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+    # No public way to unset the registry URI: set_registry_uri(None) keeps the exported variable.
+    registry_uris._registry_uri = registry
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
