@@ -37,16 +37,21 @@ LOWEST_HZ = 250.0
 PERCENTAGES = (25.0, 25.0)  # tiny_asr_settings' split shares, which a drop's speakers are hashed with
 
 
-def spoken(text: str, rng: np.random.Generator) -> np.ndarray:
-    """`text` in the tone alphabet: letter k is a tone at LOWEST_HZ * 1.18**k, a speaker's pitch a little off it; words
-    parted by silence."""
+BRIGHT = (0.8, 0.6)  # lab_b's timbre: the 2nd and 3rd harmonics, which land near other letters' pitches
+
+
+def spoken(text: str, rng: np.random.Generator, harmonics: tuple[float, ...] = ()) -> np.ndarray:
+    """`text` in the tone alphabet: letter k is a tone at LOWEST_HZ * 1.18**k, a speaker's pitch a little off it,
+    with overtones of the given amplitudes (a domain's timbre); words parted by silence."""
     detune = rng.uniform(0.99, 1.01)
     t = np.arange(int(LETTER_S * RATE)) / RATE
+    partials = [(1, 1.0), *((n, a) for n, a in enumerate(harmonics, start=2))]
     pieces = [np.zeros(int(SPACE_S * RATE))]
     for word in text.split():
         for letter in word:
             pitch = LOWEST_HZ * 1.18 ** LETTERS.index(letter) * detune
-            pieces += [0.3 * np.sin(2 * np.pi * pitch * t), np.zeros(int(GAP_S * RATE))]
+            tone = sum(a * np.sin(2 * np.pi * n * pitch * t) for n, a in partials) / sum(a for _, a in partials)
+            pieces += [0.3 * tone, np.zeros(int(GAP_S * RATE))]
         pieces.append(np.zeros(int(SPACE_S * RATE)))
     wave = np.concatenate(pieces)
     return wave.astype(np.float32)
@@ -81,10 +86,11 @@ def write_base(root: Path, seed: int = 0) -> Path:
 
 
 def write_librispeech_drop(drop: Path, prefix: str, seed: int) -> Path:
-    """A LibriSpeech-layout drop, no subsets: <speaker>/<chapter>/ with 6 utterances of each of 9 speakers."""
+    """A LibriSpeech-layout drop of the BRIGHT timbre, no subsets: <speaker>/<chapter>/ with 6 utterances of each of
+    9 speakers."""
     rng = np.random.default_rng(seed)
     for speaker in speakers_per_split(prefix, 3):
-        write_chapter(drop, speaker, "1", [(spoken(text, rng), text) for text in sentences(6, rng)], RATE)
+        write_chapter(drop, speaker, "1", [(spoken(text, rng, BRIGHT), text) for text in sentences(6, rng)], RATE)
     return drop
 
 
