@@ -192,7 +192,8 @@ def own_mlflow_uris() -> Iterator[None]:
     before = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     registry = registry_uris._registry_uri
     yield
-    # No public way to unset the registry URI: set_registry_uri(None) keeps the exported variable.
+    # Read and written directly: mlflow.get_registry_uri() answers the tracking URI when none was set, so it cannot
+    # tell "unset" apart, and set_registry_uri(None) would leave the exported variable (restored below).
     registry_uris._registry_uri = registry
     for name, value in before.items():
         if value is None:

@@ -35,8 +35,6 @@ LETTERS = sorted(set("".join(WORDS)))
 LETTER_S, GAP_S, SPACE_S = 0.1, 0.04, 0.15
 LOWEST_HZ = 250.0
 PERCENTAGES = (25.0, 25.0)  # tiny_asr_settings' split shares, which a drop's speakers are hashed with
-
-
 BRIGHT = (0.8, 0.6)  # lab_b's timbre: the 2nd and 3rd harmonics, which land near other letters' pitches
 
 
