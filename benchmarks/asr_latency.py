@@ -24,7 +24,6 @@ from rich.console import Console
 from rich.table import Table
 
 from components.acoustics import noise, rms
-from components.asr_corpus import plan_speakers, render_utterance
 from components.asr_export import LogProbs, onnx_log_probs, torch_log_probs
 from components.asr_model import load_transcriber
 from components.config import Features, Params, load_params
@@ -34,7 +33,8 @@ from components.export import FP32_FILE, INT8_FILE
 from components.features import LogMel
 from components.grammar import sample_sentences
 from components.streaming import Context, StreamingTranscriber, TranscriptEvent, transcribe_offline
-from components.tracks.asr import decoder_for
+from components.tracks.asr.corpus import plan_speakers, render_utterance
+from components.tracks.asr.track import decoder_for
 from components.wer import WerReport, score_transcripts
 
 GAP_S = (0.5, 2.0)

@@ -24,7 +24,7 @@ from components.corpus import synthesize_corpus
 from components.dataset import index_speech_commands
 from components.drops import write_drop
 from components.ingest import ingest_drop, keyword_drops
-from components.tracks import kws
+from components.tracks.kws import track as kws
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -30,7 +30,7 @@ from components.evaluate import predict
 from components.export import ParityError, export_models, front_end_latency_ms
 from components.features import featurize, front_end
 from components.sphinx import WordRecognizer
-from components.tracks import kws
+from components.tracks.kws import track as kws
 from components.train import train_model
 
 ENGINES: tuple[Engine, ...] = ("espeak", "piper", "kokoro")

@@ -28,7 +28,7 @@ from components.evaluate import predict
 from components.export import ExportReport, ParityError, export_models
 from components.features import BATCH_CLIPS, LOG_FLOOR, LogMel, featurize
 from components.model import count_parameters
-from components.tracks import kws
+from components.tracks.kws import track as kws
 from components.train import TrainResult, teacher_params, train_model
 
 TARGET_VAL_ACCURACY = 0.95

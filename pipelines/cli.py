@@ -136,7 +136,7 @@ app.add_typer(keywords_app, name="keywords")
 @app.command()
 def encoder(params: ParamsOption = Path("params.yaml")) -> None:
     """Train the speech encoder custom keywords build on (synthesized words) and make it earshot-encoder@champion."""
-    from components.tracks.phrases import train_encoder_stage
+    from components.tracks.phrases.track import train_encoder_stage
 
     train_encoder_stage(load_params(params))
 
@@ -148,7 +148,7 @@ def keywords_add(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Train a keyword model for the phrases on the champion encoder; export, gate and promote it like any model."""
-    from components.tracks.phrases import add_keywords
+    from components.tracks.phrases.track import add_keywords
 
     decision = add_keywords(load_params(params), phrases, drop)
     console.print(f"{'promoted' if decision.promoted else 'refused'}: earshot-keywords version {decision.version}",

@@ -25,9 +25,9 @@ from rich.table import Table
 from components.config import ConfigError, Params
 from components.drops import write_drop
 from components.registry import champion, registry_client
-from components.sound_drops import write_sound_drop
 from components.tracks import track_of
-from components.transcript_drops import write_transcribed_drop
+from components.tracks.asr.drops import write_transcribed_drop
+from components.tracks.esc.drops import write_sound_drop
 from pipelines.flows import continuous_training
 
 if TYPE_CHECKING:

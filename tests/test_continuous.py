@@ -34,7 +34,7 @@ from components.registry import (
     registry_client,
     rollback,
 )
-from components.tracks import kws
+from components.tracks.kws import track as kws
 from pipelines.flows import _transient, continuous_training, deployments, score_champion, watch_incoming
 from tests.conftest import (
     free_port,

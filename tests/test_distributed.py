@@ -26,7 +26,7 @@ from components.dataset import KwsData, build_dataset
 from components.distributed import World
 from components.evaluate import evaluate_predictions, predict
 from components.features import LogMel, featurize
-from components.tracks import kws
+from components.tracks.kws import track as kws
 from components.train import train_model
 from pipelines.cli import app
 from tests.conftest import tiny_settings, write_tree

@@ -46,7 +46,7 @@ from components.registry import (
     promotion_log,
     register_candidate,
 )
-from components.tracks import kws
+from components.tracks.kws import track as kws
 from tests.conftest import free_port, start_mlflow_server, stop_server
 from tests.test_continuous import BIN, World
 

@@ -9,7 +9,7 @@ import torch
 from components.config import Features, Params
 from components.dataset import KwsData
 from components.features import LOG_FLOOR, LogMel, frame_count
-from components.tracks.kws import featurize
+from components.tracks.kws.track import featurize
 from tests.conftest import tiny_settings, tone, write_tree
 
 WORDS = {"yes": 300.0, "no": 500.0, "up": 700.0, "bed": 900.0}

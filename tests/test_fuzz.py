@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from components.dataset import AudioError, decode_audio
 from components.ingest import MANIFEST, DropError, read_drop
-from components.sound_events import (
+from components.tracks.esc.events import (
     ESC50_COLUMNS,
     ESC50_CSV,
     URBANSOUND8K_COLUMNS,

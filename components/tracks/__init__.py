@@ -1,7 +1,7 @@
 """The model tracks earshot trains, each behind one protocol, and the registry that names them.
 
 The loop, DVC's stage entry points and the CLI ask `track_of(params)` for a stage and never test the track's name:
-a new track is a module here with a `TRACK`, and one line in TRACKS.
+a new track is a package here whose `track` module has a `TRACK`, and one line in TRACKS.
 """
 
 from __future__ import annotations
@@ -20,7 +20,11 @@ if TYPE_CHECKING:
     from components.ingest import IngestReport
 
 # Imported on first use: the keyword track does not need the other tracks' modules (and their start-up cost).
-TRACKS = {"kws": "components.tracks.kws", "asr": "components.tracks.asr", "esc": "components.tracks.esc"}
+TRACKS = {
+    "kws": "components.tracks.kws.track",
+    "asr": "components.tracks.asr.track",
+    "esc": "components.tracks.esc.track",
+}
 
 Stage = Callable[["Params"], object]
 

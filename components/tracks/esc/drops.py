@@ -21,8 +21,8 @@ from components.config import Params
 from components.errors import EarshotError
 from components.files import contained_file, write_csv
 from components.ingest import DropError, DropKind, checked_drop, ingested_domains, normalised_wav, stored_id
-from components.sound_corpus import CLASSES, DOMAINS_CSV, source_domains, synthesize_urbansound
-from components.sound_events import (
+from components.tracks.esc.corpus import CLASSES, DOMAINS_CSV, source_domains, synthesize_urbansound
+from components.tracks.esc.events import (
     ESC50_CSV,
     ESC50_FOLDS,
     URBANSOUND8K_COLUMNS,

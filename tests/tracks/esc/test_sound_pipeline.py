@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from components.export import onnx_predictions
-from components.sound_data import SoundData
+from components.tracks.esc.data import SoundData
 from tests.conftest import tiny_settings
 from tests.test_pipeline import changed_copy, reproduced_repo, run
 

@@ -5,13 +5,13 @@ import torch
 from components.acoustics import resample
 from components.asr_data import AsrData, build_asr_data
 from components.asr_model import offline_log_probs
-from components.asr_train import length_batches, train_transcriber
 from components.config import Params
 from components.ctc import greedy_decode
 from components.errors import EarshotError
 from components.features import LogMel
 from components.librispeech import LibriSpeechError, write_chapter
 from components.speech import SPEECH_RATE, Speaker, speak
+from components.tracks.asr.train import length_batches, train_transcriber
 from tests.conftest import tiny_settings
 
 SENTENCES = ["call mom", "turn the lights off", "set a timer", "play some jazz"]

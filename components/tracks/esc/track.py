@@ -35,14 +35,14 @@ from components.runs import (
     versioned_ingest,
     write_json,
 )
-from components.sound_corpus import synthesize_urbansound
-from components.sound_data import SoundData, featurize_clips
-from components.sound_drops import sound_dataset, sound_drops
-from components.sound_events import SoundClip
-from components.sound_model import load_sound_model, min_frames
-from components.sound_train import CrossValidation, FoldResult, cross_validate, fold_roles, score, train_fold
 from components.tracking import KWS_SETTINGS, resume_run, training_run
 from components.tracks import Track
+from components.tracks.esc.corpus import synthesize_urbansound
+from components.tracks.esc.data import SoundData, featurize_clips
+from components.tracks.esc.drops import sound_dataset, sound_drops
+from components.tracks.esc.events import SoundClip
+from components.tracks.esc.model import load_sound_model, min_frames
+from components.tracks.esc.train import CrossValidation, FoldResult, cross_validate, fold_roles, score, train_fold
 from components.train import run_fingerprint
 
 FEATURES_FILE = "clips.pt"

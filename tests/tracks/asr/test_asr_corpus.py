@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from components.asr_corpus import PAD_S, plan_speakers, render_utterance, synthesize_asr_corpus
 from components.config import ConfigError, Params
 from components.corpus import PEAK_DBFS
 from components.grammar import all_sentences, vocabulary
 from components.librispeech import index_librispeech
 from components.speech import Speaker
+from components.tracks.asr.corpus import PAD_S, plan_speakers, render_utterance, synthesize_asr_corpus
 from tests.conftest import tiny_settings
 
 SPEAKERS = 4

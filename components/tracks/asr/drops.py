@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.asr_corpus import synthesize_asr_corpus
 from components.asr_data import domain_utterances, speech_domains
 from components.config import AsrIngest, Params, Subsets
 from components.dataset import SPLITS, read_audio, which_set
 from components.files import contained_file, write_csv
 from components.ingest import MANIFEST, DropError, DropKind, checked_drop, stored_id
 from components.librispeech import ALPHABET, normalize_transcript, write_chapter
+from components.tracks.asr.corpus import synthesize_asr_corpus
 from components.validate import (
     DETAIL,
     ValidationReport,

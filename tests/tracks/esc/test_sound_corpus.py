@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from components.sound_corpus import (
+from components.tracks.esc.corpus import (
     CLASSES,
     SOUND_MODELS,
     SoundDomain,
@@ -24,7 +24,7 @@ from components.sound_corpus import (
     source_domains,
     synthesize_urbansound,
 )
-from components.sound_events import URBANSOUND8K_COLUMNS, SoundClip, folds_split, load_urbansound8k
+from components.tracks.esc.events import URBANSOUND8K_COLUMNS, SoundClip, folds_split, load_urbansound8k
 
 RATE = 16000
 CLIPS_PER_CLASS = 20

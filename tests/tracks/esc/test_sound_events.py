@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from components.errors import EarshotError
-from components.sound_events import (
+from components.tracks.esc.events import (
     ESC50_COLUMNS,
     ESC50_CSV,
     URBANSOUND8K_COLUMNS,

@@ -4,7 +4,7 @@ The world is a tone alphabet: each letter of a few words is a short tone of its 
 silence, and a domain is a group of speakers of its own. A small CTC model learns it in seconds. What the gate must
 tell apart is a drop whose transcripts match its audio from one whose transcripts are shifted by one utterance:
 the first scores near the known domains, the second near 100 % WER on its own references, whatever the seed.
-See tests/test_sound_drops.py for the sound-event track and a drift the champion must show.
+See tests/tracks/esc/test_sound_drops.py for the sound-event track and a drift the champion must show.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from components.ingest import ledger_rows
 from components.librispeech import index_librispeech, write_chapter
 from components.registry import champion, registry_client
 from pipelines.flows import continuous_training
-from tests.test_asr_pipeline import tiny_asr_settings
 from tests.test_ingest import tree_digest
-from tests.test_sound_drops import git, init_story_repo, quarantine_reasons
+from tests.tracks.asr.test_asr_pipeline import tiny_asr_settings
+from tests.tracks.esc.test_sound_drops import git, init_story_repo, quarantine_reasons
 
 RATE = 16000
 WORDS = ["go", "stop", "on", "off", "up", "top", "pop", "so"]

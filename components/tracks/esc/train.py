@@ -22,8 +22,8 @@ from components.augment import spec_augment
 from components.config import Augment, Features, SoundTraining
 from components.features import BATCH_CLIPS, LOG_FLOOR, LogMel, frame_count
 from components.seeding import seeded_generator
-from components.sound_events import SoundClip, SoundDatasetError, check_sources_disjoint, folds_split
-from components.sound_model import SoundEventNet
+from components.tracks.esc.events import SoundClip, SoundDatasetError, check_sources_disjoint, folds_split
+from components.tracks.esc.model import SoundEventNet
 
 # The log-mel of digital silence: what a batch holds past the end of a shorter clip.
 SILENCE = math.log(LOG_FLOOR)

@@ -24,9 +24,9 @@ from components.config import Ingest, Params, load_params
 from components.files import write_csv
 from components.ingest import DropError, ingest_drop, ledger_rows
 from components.registry import champion, registry_client
-from components.sound_corpus import CLASSES
-from components.sound_drops import sound_dataset, sound_drops, source_fold
-from components.sound_events import URBANSOUND8K_COLUMNS, URBANSOUND8K_CSV, load_urbansound8k
+from components.tracks.esc.corpus import CLASSES
+from components.tracks.esc.drops import sound_dataset, sound_drops, source_fold
+from components.tracks.esc.events import URBANSOUND8K_COLUMNS, URBANSOUND8K_CSV, load_urbansound8k
 from pipelines.flows import continuous_training
 from tests.conftest import tiny_settings
 from tests.test_ingest import earshot, tree_digest

@@ -17,7 +17,7 @@ from components.dataset import read_audio
 from components.export import INT8_FILE
 from components.runs import model_file
 from components.serving import ARTIFACTS, PackagedModel
-from components.tracks import asr
+from components.tracks.asr import track as asr
 from tests.conftest import tiny_settings
 from tests.test_pipeline import changed_copy, reproduced_repo, run
 

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from components.config import Features
-from components.sound_corpus import SoundDomain, synthesize_urbansound
-from components.sound_events import SoundClip, SoundDatasetError
-from components.sound_model import SoundEventNet, min_frames
-from components.sound_train import (
+from components.tracks.esc.corpus import SoundDomain, synthesize_urbansound
+from components.tracks.esc.events import SoundClip, SoundDatasetError
+from components.tracks.esc.model import SoundEventNet, min_frames
+from components.tracks.esc.train import (
     CrossValidation,
     SoundTraining,
     clip_log_mels,

@@ -16,7 +16,6 @@ import mlflow
 import pandas as pd
 import torch
 
-from components.asr_corpus import synthesize_asr_corpus
 from components.asr_data import AsrData, build_asr_data, domain_utterances, speech_domains
 from components.asr_export import (
     TranscriberExport,
@@ -26,7 +25,6 @@ from components.asr_export import (
     transcribe,
 )
 from components.asr_model import Transcriber, load_transcriber, pad_batch
-from components.asr_train import ASR_TRAINING, train_transcriber
 from components.challenge import ChampionScore, record_gate
 from components.config import AsrModel, Params
 from components.ctc import BeamDecoder
@@ -56,8 +54,10 @@ from components.serving import CARD_FILE
 from components.shards import refresh_shards
 from components.tracking import KWS_SETTINGS, resume_run, training_run
 from components.tracks import Track
+from components.tracks.asr.corpus import synthesize_asr_corpus
+from components.tracks.asr.drops import transcript_drops
+from components.tracks.asr.train import ASR_TRAINING, train_transcriber
 from components.train import run_fingerprint
-from components.transcript_drops import transcript_drops
 from components.wer import WerReport, score_transcripts
 
 UTTERANCE = "utterance"  # the one label of a speech-to-text data set, for its Data Docs

@@ -19,7 +19,7 @@ from components.export import (
     single_thread_session,
 )
 from components.model import count_parameters
-from components.sound_model import SoundEventNet, min_frames
+from components.tracks.esc.model import SoundEventNet, min_frames
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

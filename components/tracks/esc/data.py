@@ -16,8 +16,8 @@ import torch
 from components.config import Features
 from components.errors import EarshotError
 from components.files import atomic_path
-from components.sound_events import SoundClip, SoundDatasetError
-from components.sound_train import class_names, clip_log_mels
+from components.tracks.esc.events import SoundClip, SoundDatasetError
+from components.tracks.esc.train import class_names, clip_log_mels
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from components.config import AsrIngest, Params, Subsets
 from components.dataset import which_set
 from components.ingest import DropError
 from components.librispeech import index_librispeech, write_chapter
-from components.transcript_drops import (
+from components.tracks.asr.drops import (
     FILE_SUITE,
     held_utterances,
     read_transcribed_drop,

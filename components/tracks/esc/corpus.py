@@ -23,7 +23,7 @@ import torch
 from components.acoustics import mix_at_snr, noise, peak_normalize, reverberate, room_impulse_response
 from components.config import SoundDomain
 from components.files import atomic_path
-from components.sound_events import (
+from components.tracks.esc.events import (
     URBANSOUND8K_COLUMNS,
     URBANSOUND8K_CSV,
     URBANSOUND8K_FOLDS,

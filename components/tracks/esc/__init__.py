@@ -1,0 +1,1 @@
+"""The environmental sound classification track (`track: esc`): its entry module and the modules only it uses."""
