@@ -18,9 +18,10 @@ demo: install
 	earshot demo
 
 # Two workers, a test file each at a time (module fixtures such as the DVC repos are built once): most tests wait on
-# one core (subprocesses, single-threaded small models), so two files side by side halve the wall time.
+# one core (subprocesses, single-threaded small models), so two files side by side halve the wall time. The 30
+# slowest tests are listed, so a CI log shows where the suite's time goes.
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=30
 
 # The flake hunt (not part of `make test`): every test that trains a model, from three seeds other than params.yaml's.
 # A test that passes only by one lucky seed fails here. Runs all three and fails if any failed.

@@ -33,7 +33,7 @@ RATE = 16000
 WORDS = ["go", "stop", "on", "off", "up", "top", "pop", "so"]
 LETTERS = sorted(set("".join(WORDS)))
 LETTER_S, GAP_S, SPACE_S = 0.1, 0.04, 0.15
-LOWEST_HZ = 250.0
+LOWEST_HZ, PITCH_STEP = 250.0, 1.18  # letter k is a tone at LOWEST_HZ * PITCH_STEP**k
 PERCENTAGES = (25.0, 25.0)  # tiny_asr_settings' split shares, which a drop's speakers are hashed with
 BRIGHT = (0.8, 0.6)  # lab_b's timbre: the 2nd and 3rd harmonics, which land near other letters' pitches
 
@@ -47,7 +47,7 @@ def spoken(text: str, rng: np.random.Generator, harmonics: tuple[float, ...] = (
     pieces = [np.zeros(int(SPACE_S * RATE))]
     for word in text.split():
         for letter in word:
-            pitch = LOWEST_HZ * 1.18 ** LETTERS.index(letter) * detune
+            pitch = LOWEST_HZ * PITCH_STEP ** LETTERS.index(letter) * detune
             tone = sum(a * np.sin(2 * np.pi * n * pitch * t) for n, a in partials) / sum(a for _, a in partials)
             pieces += [0.3 * tone, np.zeros(int(GAP_S * RATE))]
         pieces.append(np.zeros(int(SPACE_S * RATE)))
