@@ -52,6 +52,16 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def report_epoch(metrics: dict[str, float], shown: dict[str, str] | None = None, prefix: str = "") -> None:
+    """Log one epoch's metrics to the active run (names under `prefix`) and print one line: each of `shown`
+    (metric -> label and format, e.g. "val {:.1%}"), or every metric to 3 decimals when None."""
+    mlflow.log_metrics({prefix + k: v for k, v in metrics.items()}, step=int(metrics["epoch"]))
+    shown = shown or {k: f"{k} {{:.3f}}" for k in metrics if k != "epoch"}
+    console.print(f"{prefix}epoch {int(metrics['epoch']):>3}  " + "  ".join(label.format(metrics[k])
+                                                                           for k, label in shown.items()),
+                  highlight=False)
+
+
 def record_training(model: torch.nn.Module, example: torch.Tensor, summary: dict[str, object],
                     history: list[dict[str, float]], out: Path) -> None:
     """Log the trained model with its signature and an input example (MLflow's pt2 format needs one; two clips keep

@@ -10,6 +10,7 @@ import hashlib
 import json
 import tempfile
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import mlflow
@@ -46,6 +47,7 @@ from components.runs import (
     record_mistakes,
     record_package,
     record_training,
+    report_epoch,
     run_file,
     versioned_ingest,
     write_json,
@@ -64,6 +66,8 @@ UTTERANCE = "utterance"  # the one label of a speech-to-text data set, for its D
 
 # The other tracks' settings do not shape this model; logged, they would only bury the ones that do.
 FOREIGN_SETTINGS = KWS_SETTINGS | {"esc"}
+# Each epoch's metrics to MLflow, and a progress line of these.
+_report_epoch = partial(report_epoch, shown={"train_loss": "loss {:.3f}", "val_wer": "val WER {:.1%}"})
 
 
 def synthesize(params: Params) -> dict[str, Path]:
@@ -149,12 +153,6 @@ def train(params: Params) -> str:
         record_training(result.model, pad_batch(result.model, [data.split("validation").mels[0].float()]), summary,
                         result.history, out)
         return run.info.run_id
-
-
-def _report_epoch(metrics: dict[str, float]) -> None:
-    mlflow.log_metrics(metrics, step=int(metrics["epoch"]))
-    console.print(f"epoch {int(metrics['epoch']):>3}  loss {metrics['train_loss']:.3f}  "
-                  f"val WER {metrics['val_wer']:.1%}", highlight=False)
 
 
 def evaluate(params: Params) -> WerReport:

@@ -6,6 +6,7 @@ every fold but a holdout fold, and export, the gate and the champion are all sco
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import mlflow
@@ -31,6 +32,7 @@ from components.runs import (
     record_export,
     record_mistakes,
     record_training,
+    report_epoch,
     run_file,
     versioned_ingest,
     write_json,
@@ -50,6 +52,8 @@ FEATURES_FILE = "clips.pt"
 ESC_TRAINING = {"seed": True, "esc": {"sample_rate", "features", "train", "holdout_fold"}}
 # The other tracks' settings do not shape this model; logged, they would only bury the ones that do.
 FOREIGN_SETTINGS = KWS_SETTINGS | {"asr", "augment"}
+# Each epoch's metrics to MLflow, and a progress line of these.
+_report_epoch = partial(report_epoch, shown={"train_loss": "loss {:.3f}", "val_accuracy": "val {:.1%}"})
 
 
 def synthesize(params: Params) -> list[SoundClip]:
@@ -132,12 +136,6 @@ def train(params: Params) -> str:
         example = data.mels[data.clips.index(validation[0])][None].repeat(2, 1, 1)
         record_training(model, example, summary, trained.history, out)
         return run.info.run_id
-
-
-def _report_epoch(metrics: dict[str, float]) -> None:
-    mlflow.log_metrics(metrics, step=int(metrics["epoch"]))
-    console.print(f"epoch {int(metrics['epoch']):>3}  loss {metrics['train_loss']:.3f}  "
-                  f"val {metrics['val_accuracy']:.1%}", highlight=False)
 
 
 def _report_fold(fold: FoldResult) -> None:

@@ -41,6 +41,7 @@ from components.runs import (
     record_export,
     record_mistakes,
     record_training,
+    report_epoch,
     run_file,
     versioned_ingest,
     write_json,
@@ -52,6 +53,9 @@ from components.train import KWS_TRAINING, run_fingerprint, teacher_params, trai
 
 # The other tracks' settings do not shape this model; logged, they would only bury the ones that do.
 FOREIGN_SETTINGS = {"asr", "esc"}
+# Each epoch's metrics to MLflow, and a progress line of these.
+_report_epoch = partial(report_epoch, shown={"train_loss": "loss {:.3f}", "train_accuracy": "train {:.1%}",
+                                             "val_accuracy": "val {:.1%}"})
 
 
 def domain_roots(params: Params) -> dict[str, list[Path]]:
@@ -190,12 +194,6 @@ def _train_teacher(data: KwsData, params: Params) -> KeywordSpotter | None:
     mlflow.log_metrics({"teacher.best_val_accuracy": result.best_val_accuracy,
                         "teacher.parameters": count_parameters(result.model)})
     return result.model
-
-
-def _report_epoch(metrics: dict[str, float], prefix: str = "") -> None:
-    mlflow.log_metrics({prefix + k: v for k, v in metrics.items()}, step=int(metrics["epoch"]))
-    console.print(f"{prefix}epoch {int(metrics['epoch']):>3}  loss {metrics['train_loss']:.3f}  "
-                  f"train {metrics['train_accuracy']:.1%}  val {metrics['val_accuracy']:.1%}", highlight=False)
 
 
 def evaluate(params: Params) -> Evaluation:

@@ -49,7 +49,7 @@ from components.keywords import (
     train_keyword_head,
 )
 from components.registry import CHAMPION, PREVIOUS, champion, promote, register_candidate, registry_client, reject
-from components.runs import PACKAGE_DIR, console
+from components.runs import PACKAGE_DIR, console, report_epoch
 from components.serving import package_model
 from components.tracking import flatten, use_store
 
@@ -113,7 +113,7 @@ def train_encoder_stage(params: Params) -> str:
     use_store(tracking)
     with mlflow.start_run(run_name="encoder", tags={"dataset_version": version, "kind": "encoder"}) as run:
         mlflow.log_params({k: str(v)[:6000] for k, v in flatten(dataclasses.asdict(settings)).items()})
-        result = train_encoder(corpus, settings, on_epoch=_report_epoch)
+        result = train_encoder(corpus, settings, on_epoch=report_epoch)
         save_encoder(result, settings, corpus.words, path)
         mlflow.log_artifact(str(path), artifact_path="encoder")
         mlflow.log_metric("val_accuracy", result.val_accuracy)
@@ -135,10 +135,6 @@ def train_encoder_stage(params: Params) -> str:
     return registered
 
 
-def _report_epoch(metrics: dict[str, float]) -> None:
-    mlflow.log_metrics(metrics, step=int(metrics["epoch"]))
-    console.print(f"epoch {int(metrics['epoch']):>3}  " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()
-                                                                    if k != "epoch"), highlight=False)
 
 
 def champion_encoder(params: Params) -> tuple[WordEncoder, dict[str, Any], str, str]:
