@@ -33,13 +33,13 @@ RATE = 16000
 WORDS = ["go", "stop", "on", "off", "up", "top", "pop", "so"]
 LETTERS = sorted(set("".join(WORDS)))
 LETTER_S, GAP_S, SPACE_S = 0.1, 0.04, 0.15
-LOWEST_HZ, PITCH_STEP = 250.0, 1.18  # letter k is a tone at LOWEST_HZ * PITCH_STEP**k
+LOWEST_HZ, PITCH_STEP = 250.0, 1.18
 PERCENTAGES = (25.0, 25.0)  # tiny_asr_settings' split shares, which a drop's speakers are hashed with
 BRIGHT = (0.8, 0.6)  # lab_b's timbre: the 2nd and 3rd harmonics, which land near other letters' pitches
 
 
 def spoken(text: str, rng: np.random.Generator, harmonics: tuple[float, ...] = ()) -> np.ndarray:
-    """`text` in the tone alphabet: letter k is a tone at LOWEST_HZ * 1.18**k, a speaker's pitch a little off it,
+    """`text` in the tone alphabet: letter k is a tone at LOWEST_HZ * PITCH_STEP**k, a speaker's pitch a little off it,
     with overtones of the given amplitudes (a domain's timbre); words parted by silence."""
     detune = rng.uniform(0.99, 1.01)
     t = np.arange(int(LETTER_S * RATE)) / RATE
