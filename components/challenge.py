@@ -175,11 +175,11 @@ def decide(params: Params, report: GateReport, new_domain: str | None,
     run = client.get_run(run_id).data
     version_tags, summary = figures
     tags = {"gate": "passed" if report.passed else "refused", "training_key": run.tags["training_key"],
-            "track": params.track, "dataset_version": run.tags["dataset_version"],
+            "track": run.tags["track"], "dataset_version": run.tags["dataset_version"],
             "ingested_data_version": run.tags.get("ingested_data_version", "none"),
             "git_commit": git_commit(Path.cwd()), "new_domain": new_domain or ""} | version_tags
     domains = torch.load(model_file(params), weights_only=True)["card"]["domain_names"]
-    card = "\n".join([f"{params.track} model trained in run `{run_id}` on data version `{tags['dataset_version']}` "
+    card = "\n".join([f"{tags['track']} model trained in run `{run_id}` on data version `{tags['dataset_version']}` "
                       f"(ingested data `{tags['ingested_data_version']}`, git `{tags['git_commit']}`).", "",
                       f"Acoustic domains: {', '.join(domains)}.", "", *_card_metrics(run.metrics),
                       "", summary, "", report.to_markdown()])

@@ -505,9 +505,12 @@ class Params(Strict):
     @property
     def mlflow(self) -> Tracking:
         """The tracking settings of the active track, `{track}` filled in."""
-        return self.tracking.model_copy(update={"experiment": self.tracking.experiment.format(track=self.track),
-                                                "registered_model": self.tracking.registered_model.format(
-                                                    track=self.track)})
+        return self.mlflow_of(self.track)
+
+    def mlflow_of(self, name: str) -> Tracking:
+        """The store, experiment and registered model of the track (or custom-keyword kind) `name`: earshot-<name>."""
+        return self.tracking.model_copy(update={"experiment": self.tracking.experiment.format(track=name),
+                                                "registered_model": self.tracking.registered_model.format(track=name)})
 
     @property
     def incoming(self) -> Path:

@@ -254,6 +254,7 @@ class DropKind:
     split (or fold), path and path_error (a path that leads out of the drop is None, with its reason).
     """
 
+    track: str  # the track's name, as tagged on the ingest run
     cfg: Ingest
     read: Callable[[Path], list[dict]]  # the drop's entries; DropError if it is unusable as a whole
     held: Callable[[], tuple[set[str], dict[str, str]]]  # content hashes and speaker -> split of every held clip
@@ -266,6 +267,7 @@ def keyword_drops(params: Params) -> DropKind:
     syn = params.synthesis
     vocabulary = set(params.dataset.words) | set(syn.unknown_words)
     return DropKind(
+        track="kws",
         cfg=params.ingest,
         read=partial(read_drop, validation_percentage=syn.validation_percentage,
                      testing_percentage=syn.testing_percentage),

@@ -120,7 +120,8 @@ def record_export(params: Params, run_export: Callable[[], ExportReport]) -> Exp
 def record_package(params: Params, extra: dict[str, object] | None = None) -> None:
     """Package the exported ONNX files with the model card's front end (plus `extra`) as an MLflow pyfunc in
     models/<track>/package and log it as the open run's `export/`, the folder a registered version serves."""
-    card = torch.load(model_file(params), weights_only=True)["card"] | {"track": params.track} | (extra or {})
+    track = mlflow.active_run().data.tags["track"]  # the training run's tag: the package serves that track's schema
+    card = torch.load(model_file(params), weights_only=True)["card"] | {"track": track} | (extra or {})
     package = package_model(params.out.model_dir, card, params.out.model_dir / PACKAGE_DIR)
     mlflow.log_artifacts(str(package), artifact_path="export")
 
@@ -137,7 +138,7 @@ def versioned_ingest(params: Params, kind: DropKind, drop: Path, domain: str) ->
                             f"data: ingest {Path(drop).name} into {domain} (data version {report.data_version})")
     use_store(params.mlflow)
     with mlflow.start_run(run_name=f"ingest {Path(drop).name}", tags={
-            "stage": "ingest", "track": params.track, "drop_id": report.drop_id, "domain": domain,
+            "stage": "ingest", "track": kind.track, "drop_id": report.drop_id, "domain": domain,
             "data_version": report.data_version}):
         mlflow.log_metrics({"accepted": report.accepted, "rejected": report.rejected})
         if report.docs_dir:

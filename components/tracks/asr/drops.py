@@ -224,6 +224,7 @@ def transcript_drops(params: Params) -> DropKind:
     held = cache(lambda: held_utterances([f for folders in speech_domains(params).values() for f in folders],
                                          asr.subsets))
     return DropKind(
+        track="asr",
         cfg=asr.ingest,
         read=partial(read_transcribed_drop, validation_percentage=asr.corpus.validation_percentage,
                      testing_percentage=asr.corpus.testing_percentage),

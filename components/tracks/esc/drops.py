@@ -123,6 +123,7 @@ def sound_drops(params: Params) -> DropKind:
     held = cache(lambda: held_sounds(params))
     class_ids = cache(lambda: {clip.label_name: clip.label for clip in held()[0]})
     return DropKind(
+        track="esc",
         cfg=esc.ingest,
         read=lambda drop: read_sound_drop(drop, LAYOUT_FOLDS[esc.layout], held()[2]),
         held=lambda: held()[1:],

@@ -57,12 +57,6 @@ ENCODER_FILE = "encoder.pt"
 Settings = TypeVar("Settings", EncoderSettings, KeywordSettings)
 
 
-def tracking_for(params: Params, kind: str) -> Tracking:
-    """The store, experiment and registered model of `kind` ("encoder", "keywords"): earshot-encoder, ..."""
-    return params.tracking.model_copy(update={"experiment": params.tracking.experiment.format(track=kind),
-                                              "registered_model": params.tracking.registered_model.format(track=kind)})
-
-
 def _settings(kind: type[Settings], where: str, overrides: dict[str, Any], **fixed: Any) -> Settings:
     """`kind`'s defaults with params.yaml's overrides (a nested settings model given as a mapping) and `fixed`."""
     defaults = kind()
@@ -104,7 +98,7 @@ def train_encoder_stage(params: Params) -> str:
 
     Trained rarely: every keyword model reuses the champion encoder.
     """
-    settings, tracking = encoder_settings(params), tracking_for(params, "encoder")
+    settings, tracking = encoder_settings(params), params.mlflow_of("encoder")
     corpus = synthesize_word_corpus(settings, params.synthesis.domains, params.paths.clip_cache / "encoder")
     version = _data_version(corpus.waves, corpus.labels, corpus.speakers, text=" ".join(corpus.words))
     console.print(f"encoder corpus: {len(corpus.words)} words x {settings.speakers} talkers ({len(corpus.waves)} "
@@ -139,7 +133,7 @@ def train_encoder_stage(params: Params) -> str:
 
 def champion_encoder(params: Params) -> tuple[WordEncoder, dict[str, Any], str, str]:
     """The encoder holding alias champion, its card, version and data version; one line if there is none."""
-    tracking = tracking_for(params, "encoder")
+    tracking = params.mlflow_of("encoder")
     client = registry_client(tracking)
     current = champion(client, tracking.registered_model)
     if current is None:
@@ -186,7 +180,7 @@ def add_keywords(params: Params, phrases: list[str] | None = None, drop: Path | 
                         silence=settings.test_speakers, group="testing",
                         speech=settings.test_speakers - settings.test_speakers // 2)
     version = _data_version(train.waves, train.labels, text=" | ".join(settings.phrases))
-    tracking = tracking_for(params, "keywords")
+    tracking = params.mlflow_of("keywords")
     out = params.paths.model_dir / "keywords"
     use_store(tracking)
     tags = {"dataset_version": version, "encoder_version": encoder_version, "encoder_dataset_version": encoder_data,
