@@ -44,7 +44,15 @@ from components.tracks.esc.data import SoundData, featurize_clips
 from components.tracks.esc.drops import sound_dataset, sound_drops
 from components.tracks.esc.events import SoundClip
 from components.tracks.esc.model import load_sound_model, min_frames
-from components.tracks.esc.train import CrossValidation, FoldResult, cross_validate, fold_roles, score, train_fold
+from components.tracks.esc.train import (
+    CrossValidation,
+    DeployedFold,
+    FoldResult,
+    cross_validate,
+    fold_roles,
+    score,
+    train_fold,
+)
 from components.train import run_fingerprint
 
 FEATURES_FILE = "clips.pt"
@@ -124,8 +132,8 @@ def train(params: Params) -> str:
         architecture = esc.train.model_dump(include={"channels", "blocks", "dropout"})
         card = {"label_names": data.label_names, "domain_names": data.domain_names,
                 "features": esc.features.model_dump(), "model": architecture, "sample_rate": esc.sample_rate,
-                "min_frames": min_frames(esc.train.blocks),
-                "dataset_version": data.version, "run_id": run.info.run_id}
+                "min_frames": min_frames(esc.train.blocks), "best_epoch": trained.best_epoch,
+                "epochs_run": len(trained.history), "dataset_version": data.version, "run_id": run.info.run_id}
         save_model(model, model_file(params), card)
         mlflow.log_artifact(str(model_file(params)), artifact_path="weights")
         best = trained.history[trained.best_epoch]
@@ -151,13 +159,16 @@ def evaluate(params: Params) -> CrossValidation:
     data = load_data(params)
     esc = params.esc
     torch.set_num_threads(esc.train.threads)
-    console.print(f"cross-validating over folds {esc.cv_folds or 'all'}", highlight=False)
+    model, card = load_sound_model(model_file(params))
+    # train() fitted the deployed model as the holdout fold's round (same roles, settings, seed): it stands for it.
+    deployed = DeployedFold(holdout_fold(params, data), model, card["best_epoch"], card["epochs_run"])
+    console.print(f"cross-validating over folds {esc.cv_folds or 'all'} "
+                  f"(fold {deployed.test_fold}: the deployed model)", highlight=False)
     cv = cross_validate(data.clips, data.mels_by_path, folds=esc.cv_folds, settings=esc.train, seed=params.seed,
-                        on_fold=_report_fold)
+                        on_fold=_report_fold, deployed=deployed)
     tested = [clip for fold in cv.folds for clip in fold.test]
     pooled = evaluate_predictions(torch.tensor([p for fold in cv.folds for p in fold.predictions]),
                                   data.subset(tested))
-    model, _ = load_sound_model(model_file(params))
     holdout = holdout_set(params, data)
     _, _, top1 = score(model, holdout.clips, data.mels_by_path)
     deployed = evaluate_predictions(torch.tensor(top1), holdout)

@@ -39,6 +39,17 @@ class TrainedFold:
 
 
 @dataclass(frozen=True)
+class DeployedFold:
+    """A model already trained for one round: the deployed model, fitted with its holdout fold's roles and the same
+    settings and seed, so cross-validation scores it rather than train that round a second time."""
+
+    test_fold: int
+    model: SoundEventNet
+    best_epoch: int
+    epochs_run: int
+
+
+@dataclass(frozen=True)
 class FoldResult:
     """One round of cross-validation: the clips each role actually got, so a leak can be checked on what was used."""
 
@@ -257,12 +268,12 @@ def fold_roles(clips: Sequence[SoundClip], test_fold: int) -> tuple[int, list[So
 
 
 def cross_validate(clips: Sequence[SoundClip], mels: Mapping[Path, torch.Tensor], *, folds: Sequence[int] | None = None,
-                   settings: SoundTraining, seed: int, on_fold: Callable[[FoldResult], None] | None = None
-                   ) -> CrossValidation:
+                   settings: SoundTraining, seed: int, on_fold: Callable[[FoldResult], None] | None = None,
+                   deployed: DeployedFold | None = None) -> CrossValidation:
     """Fold cross-validation: for each test fold in `folds` (None: every fold present), a model trained on the others.
 
     `mels` holds every clip's log-mel by path (clip_log_mels). Every split is built and checked before anything trains;
-    on_fold gets each fold's result as it is scored.
+    on_fold gets each fold's result as it is scored; `deployed`'s round is scored, not trained.
     """
     present = sorted({clip.fold for clip in clips})
     if len(present) < 3:
@@ -271,10 +282,14 @@ def cross_validate(clips: Sequence[SoundClip], mels: Mapping[Path, torch.Tensor]
     rounds = {test_fold: fold_roles(clips, test_fold) for test_fold in (present if folds is None else folds)}
     results = []
     for test_fold, (validation_fold, train, validation, test) in rounds.items():
-        trained = train_fold(train, validation, mels, n_classes=len(label_names), settings=settings, seed=seed)
-        _, _, predictions = score(trained.model, test, mels)
+        if deployed is not None and deployed.test_fold == test_fold:
+            model, best_epoch, epochs_run = deployed.model, deployed.best_epoch, deployed.epochs_run
+        else:
+            trained = train_fold(train, validation, mels, n_classes=len(label_names), settings=settings, seed=seed)
+            model, best_epoch, epochs_run = trained.model, trained.best_epoch, len(trained.history)
+        _, _, predictions = score(model, test, mels)
         results.append(FoldResult(test_fold, validation_fold, tuple(train), tuple(validation), tuple(test),
-                                  tuple(predictions), trained.best_epoch, len(trained.history)))
+                                  tuple(predictions), best_epoch, epochs_run))
         if on_fold is not None:
             on_fold(results[-1])
     return CrossValidation(tuple(results), label_names)

@@ -19,6 +19,7 @@ from components.tracks.esc.events import SoundClip, SoundDatasetError
 from components.tracks.esc.model import SoundEventNet, min_frames
 from components.tracks.esc.train import (
     CrossValidation,
+    DeployedFold,
     SoundTraining,
     clip_log_mels,
     cross_validate,
@@ -26,6 +27,7 @@ from components.tracks.esc.train import (
     load_waveform,
     mixup,
     pad_log_mels,
+    score,
     train_fold,
 )
 from tests.conftest import chance_tail, training_seed
@@ -51,9 +53,14 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[SoundClip]:
                                  max_slices_per_source=2)
 
 
-def run(clips: list[SoundClip], folds: list[int], settings: SoundTraining = TINY) -> CrossValidation:
-    mels = clip_log_mels(clips, sample_rate=RATE, features=FEATURES, min_frames=min_frames(settings.blocks))
-    return cross_validate(clips, mels, folds=folds, settings=settings, seed=training_seed())
+def log_mels(clips: list[SoundClip], settings: SoundTraining = TINY) -> dict[Path, torch.Tensor]:
+    return clip_log_mels(clips, sample_rate=RATE, features=FEATURES, min_frames=min_frames(settings.blocks))
+
+
+def run(clips: list[SoundClip], folds: list[int], settings: SoundTraining = TINY,
+        deployed: DeployedFold | None = None) -> CrossValidation:
+    return cross_validate(clips, log_mels(clips, settings), folds=folds, settings=settings, seed=training_seed(),
+                          deployed=deployed)
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +121,22 @@ def test_the_same_seed_gives_the_same_folds(corpus: list[SoundClip], result: Cro
     assert again.accuracies == result.accuracies
     assert [fold.predictions for fold in again.folds] == [fold.predictions for fold in result.folds]
     assert [fold.best_epoch for fold in again.folds] == [fold.best_epoch for fold in result.folds]
+
+
+def test_the_deployed_models_round_is_scored_not_trained_again(corpus: list[SoundClip],
+                                                               result: CrossValidation) -> None:
+    """Evaluation passes the deployed model as its holdout fold's round: that round must be this model's scores (an
+    untrained one shows it is not retrained), and training the round anew gives the model it stands for."""
+    first, second = result.folds
+    _, train, validation, test = fold_roles(corpus, first.test_fold)
+    mels = log_mels(corpus)
+    untrained = SoundEventNet(n_mels=FEATURES.n_mels, n_classes=10, channels=TINY.channels, blocks=TINY.blocks).eval()
+    scored = run(corpus, FOLDS, deployed=DeployedFold(first.test_fold, untrained, best_epoch=0, epochs_run=0))
+    assert list(scored.folds[0].predictions) == score(untrained, test, mels)[2] != list(first.predictions)
+    assert (scored.folds[0].best_epoch, scored.folds[0].epochs_run) == (0, 0)
+    assert scored.folds[1].predictions == second.predictions
+    trained = train_fold(train, validation, mels, n_classes=10, settings=TINY, seed=training_seed())
+    assert tuple(score(trained.model, test, mels)[2]) == first.predictions
 
 
 def test_training_runs_with_and_without_mixup_and_the_switch_matters(corpus: list[SoundClip]) -> None:
