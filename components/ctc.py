@@ -24,6 +24,7 @@ BLANK_ID = _INDEX[BLANK]
 # (on a coarse grid, tied often) decoded in two processes could give two transcripts. A fixed offset per (frame,
 # token), far below INT8's step, makes every path's score distinct and the answer the same everywhere.
 TIE_BREAK = 1e-4
+CLOSING_FLOOR = -50.0  # log-probability of every other token in the closing separator frame (see BeamDecoder)
 
 
 def encode_text(text: str) -> list[int]:
@@ -73,6 +74,13 @@ class BeamDecoder:
     def decode(self, log_probs: torch.Tensor) -> str:
         """The best beam's words; a lexicon-free beam is spelled out of its tokens."""
         emissions = log_probs.detach().float()
+        if self.lexicon:
+            # flashlight ends a lexicon word only at a separator, and drops a word still open at the last frame: a
+            # model that says an utterance's last letter on its last frame (a causal one, late by its lookahead)
+            # would lose its last word. A closing frame of certain separator ends every utterance between words.
+            closing = torch.full((1, emissions.shape[1]), CLOSING_FLOOR)
+            closing[0, _INDEX[SEPARATOR]] = 0.0
+            emissions = torch.cat([emissions, closing])
         emissions = emissions + TIE_BREAK * torch.rand(emissions.shape, generator=torch.Generator().manual_seed(0))
         best = self.decoder(emissions.unsqueeze(0).contiguous())[0][0]
         if self.lexicon:

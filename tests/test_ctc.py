@@ -49,6 +49,14 @@ def test_the_lexicon_mends_a_misspelling_greedy_keeps():
     assert BeamDecoder(vocabulary, Decode(lexicon=True)).decode(lp) == "call mom"
 
 
+def test_the_lexicon_keeps_a_last_word_said_on_the_last_frame():
+    # A causal model says a letter late, by its lookahead: the last one can land on the last frame, with no frame
+    # after it for a separator. Without the decoder's closing frame flashlight dropped the open word ('stop').
+    vocabulary = ["stop", "on", "so", "off"]
+    for path in (encode_text("stop on"), spelled("stop on")):
+        assert BeamDecoder(vocabulary, Decode()).decode(log_probs(path, margin=20.0)) == "stop on"
+
+
 def test_the_lexicon_prefers_the_word_the_audio_is_closest_to():
     # Frame 0 says "t" a little more than "c": the lexicon must still choose between whole words by their scores.
     path = spelled("tall")
