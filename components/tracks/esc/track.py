@@ -161,11 +161,11 @@ def evaluate(params: Params) -> CrossValidation:
     torch.set_num_threads(esc.train.threads)
     model, card = load_sound_model(model_file(params))
     # train() fitted the deployed model as the holdout fold's round (same roles, settings, seed): it stands for it.
-    deployed = DeployedFold(holdout_fold(params, data), model, card["best_epoch"], card["epochs_run"])
+    shipped = DeployedFold(holdout_fold(params, data), model, card["best_epoch"], card["epochs_run"])
     console.print(f"cross-validating over folds {esc.cv_folds or 'all'} "
-                  f"(fold {deployed.test_fold}: the deployed model)", highlight=False)
+                  f"(fold {shipped.test_fold}: the deployed model)", highlight=False)
     cv = cross_validate(data.clips, data.mels_by_path, folds=esc.cv_folds, settings=esc.train, seed=params.seed,
-                        on_fold=_report_fold, deployed=deployed)
+                        on_fold=_report_fold, deployed=shipped)
     tested = [clip for fold in cv.folds for clip in fold.test]
     pooled = evaluate_predictions(torch.tensor([p for fold in cv.folds for p in fold.predictions]),
                                   data.subset(tested))
