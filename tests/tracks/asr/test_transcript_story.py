@@ -35,7 +35,7 @@ LETTERS = sorted(set("".join(WORDS)))
 LETTER_S, GAP_S, SPACE_S = 0.1, 0.04, 0.15
 LOWEST_HZ, PITCH_STEP = 250.0, 1.18
 PERCENTAGES = (25.0, 25.0)  # tiny_asr_settings' split shares, which a drop's speakers are hashed with
-BRIGHT = (0.8, 0.6)  # lab_b's timbre: the 2nd and 3rd harmonics, which land near other letters' pitches
+BRIGHT = (0.5, 0.3)  # lab_b's timbre: the 2nd and 3rd harmonics, which land near other letters' pitches
 
 
 def spoken(text: str, rng: np.random.Generator, harmonics: tuple[float, ...] = ()) -> np.ndarray:
