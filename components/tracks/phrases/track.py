@@ -129,8 +129,6 @@ def train_encoder_stage(params: Params) -> str:
     return registered
 
 
-
-
 def champion_encoder(params: Params) -> tuple[WordEncoder, dict[str, Any], str, str]:
     """The encoder holding alias champion, its card, version and data version; one line if there is none."""
     tracking = params.mlflow_of("encoder")

@@ -288,7 +288,7 @@ def test_the_sound_demo_tells_the_three_step_story_in_a_repo_of_its_own(prefect_
     settings["esc"]["train"] |= {"channels": 8, "blocks": 3, "batch_size": 16}
     settings["esc"]["export"] |= {"calibration_clips": 16, "latency_runs": 5}
     settings["demo"] = {"workspace": str(tmp_path / "demo"),
-                        "esc": {"clips_per_class": 8, "drop_clips_per_class": 8, "cv_folds": [FOLDS], "epochs": 3}}
+                        "esc": {"clips_per_class": 8, "drop_clips_per_class": 8, "epochs": 3}}
     steps = run_demo(Params.model_validate(settings), "esc")
     assert [s.step for s in steps] == ["train on street, hall, car_phone", "drop of kitchen",
                                        "drop of tunnel (labels shuffled)"]
